@@ -1,0 +1,338 @@
+"""`cpt`: the command line over cp. Thin: parse, call the library, print.
+
+User errors (a bad spec, a missing file) print a message and exit 2, without a traceback.
+torch is imported only by the commands that build a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .spec import Spec, SpecError, load_spec
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output (logs, CI) gets room for the settings tables instead of rich's 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 150)
+
+
+def _load(args) -> Spec:
+    return load_spec(args.spec, overrides=args.set)
+
+
+def _fmt(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    return f"{x:.4g}"
+
+
+def _scale_dict(scale) -> dict:
+    return {"width": scale.width, "depth": scale.depth, "batch": scale.batch,
+            "tokens": scale.tokens, "seq_len": scale.seq_len}
+
+
+# ---------------------------------------------------------------------------------------------
+# describe
+
+
+def describe_json(spec: Spec, model: str) -> dict:
+    """The stable contract of ``cpt describe --json``."""
+    run = _run_config(spec, model)
+    table = run.table()
+    return {
+        "parameterisation": table.name,
+        "alpha": table.alpha,
+        "scale": _scale_dict(run.scale),
+        "base_scale": _scale_dict(run.base_scale),
+        "groups": [{k: v for k, v in s.as_dict().items()} for s in run.settings()],
+    }
+
+
+def _run_config(spec: Spec, model: str):
+    if model not in spec.models:
+        import difflib
+
+        close = difflib.get_close_matches(model, list(spec.models), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"no model {model!r} in {spec.name}{hint} (models: "
+                        f"{', '.join(spec.models)})")
+    return spec.run_config(model)
+
+
+def _collapse_layers(groups: list[dict]) -> list[dict]:
+    """Consecutive layers of a group with identical settings become one row labelled 'a-b'."""
+    keys = ("init_std", "multiplier", "lr", "eps", "weight_decay", "beta1", "beta2")
+    by_group: dict[str, list[dict]] = {}
+    for g in groups:  # dicts keep first-appearance order: embedding, block groups, head
+        by_group.setdefault(g["group"], []).append(g)
+    out: list[dict] = []
+    for rows in by_group.values():
+        runs = [[rows[0]]]
+        for r in rows[1:]:
+            if all(r[k] == runs[-1][0][k] for k in keys):
+                runs[-1].append(r)
+            else:
+                runs.append([r])
+        for run in runs:
+            first, last = run[0]["layer"], run[-1]["layer"]
+            label = None if first is None else str(first) if first == last else f"{first}-{last}"
+            out.append({**run[0], "layer": label})
+    return out
+
+
+def cmd_describe(args) -> int:
+    spec = _load(args)
+    info = describe_json(spec, args.model)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    from rich.table import Table
+
+    from .config import count_params
+    from .scaling import scale_multipliers
+
+    run = _run_config(spec, args.model)
+    m = scale_multipliers(run.base_scale, run.scale)
+    con = _console()
+    n = count_params(run.model_config(256))
+    con.print(f"[bold]{spec.name}[/] / model [bold]{args.model}[/]: "
+              f"{info['parameterisation']} (alpha={info['alpha']:g}), "
+              f"~{n / 1e6:.2f}M params (byte vocab), {run.scale.steps} steps")
+    scale_tab = Table(show_header=True, header_style="bold")
+    for col in ("", "width", "depth", "batch", "tokens", "seq_len", "tokens/step"):
+        scale_tab.add_column(col, justify="right")
+    for label, sc in (("base (" + spec.base + ")", run.base_scale), (args.model, run.scale)):
+        scale_tab.add_row(label, *(str(v) for v in _scale_dict(sc).values()),
+                          str(sc.tokens_per_step))
+    scale_tab.add_row("multiplier", f"m_N={m['width']:g}", f"m_L={m['depth']:g}",
+                      f"m_B={m['batch']:g}", f"m_D={m['horizon']:g}", "",
+                      f"rho={m['batch'] / m['horizon']:g}")
+    con.print(scale_tab)
+    tab = Table(title="resolved settings per (group, layer)", header_style="bold")
+    for col in ("group", "layer", "init_std", "multiplier", "lr", "eps", "weight_decay",
+                "beta1", "beta2"):
+        tab.add_column(col, justify="left" if col == "group" else "right")
+    rows = info["groups"] if args.all_layers else _collapse_layers(info["groups"])
+    for r in rows:
+        tab.add_row(r["group"], "-" if r["layer"] is None else str(r["layer"]),
+                    *(_fmt(r[k]) for k in ("init_std", "multiplier", "lr", "eps",
+                                           "weight_decay", "beta1", "beta2")))
+    con.print(tab)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# rules
+
+
+def cmd_rules(args) -> int:
+    from rich.table import Table
+
+    from .config import ParamConfig
+    from .scaling import GROUPS, HP_KINDS
+
+    target = args.target
+    if Path(target).exists():
+        spec = load_spec(target, overrides=args.set)
+        table = spec.parameterisation.build()
+    else:
+        try:
+            table = ParamConfig(name=target, alpha=args.alpha).build()
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    tab = Table(title=f"{table.name} (alpha={table.alpha:g}): HP = base x ...",
+                header_style="bold", caption="m_N width, m_L depth, m_B tokens per step, "
+                "m_D horizon, rho = m_B/m_D; betas: the factor applies to (1 - beta)")
+    tab.add_column("group")
+    for kind in HP_KINDS:
+        tab.add_column(kind)
+    for g in GROUPS:
+        tab.add_row(g, *(table.rule(g, k).describe(table.alpha) for k in HP_KINDS))
+    con = _console()
+    con.print(tab)
+    if args.doc:
+        con.print(table.doc)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def cmd_train(args) -> int:
+    spec = _load(args)
+    run = _run_config(spec, args.model)
+    if args.seed is not None:
+        run.seed = args.seed
+    from .config import load_result
+
+    out = Path(args.out) if args.out else Path(args.results) / spec.name / "runs" / run.run_id()
+    con = _console()
+    existing = load_result(out)
+    if existing is not None and not args.force:
+        con.print(f"run {run.run_id()} already has a result ({existing.status}, final val loss "
+                  f"{existing.final_val_loss:.4f}) in {out}; --force retrains it")
+        return 0
+    if args.force and (out / "result.json").exists():
+        (out / "result.json").unlink()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .train import train
+
+    con.print(f"training [bold]{args.model}[/] of {spec.name} "
+              f"(run {run.run_id()}, {run.scale.steps} steps) -> {out}")
+    last = {"train": math.nan, "val": math.nan}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+            "{task.completed}/{task.total} steps"), TimeRemainingColumn(), console=con,
+            transient=False) as bar:
+        task = bar.add_task("train", total=run.scale.steps)
+
+        def log(rec: dict) -> None:
+            if "train_loss" in rec:
+                last["train"] = rec["train_loss"]
+            if "val_loss" in rec:
+                last["val"] = rec["val_loss"]
+            if "step" in rec:
+                bar.update(task, completed=rec["step"], description=(
+                    f"train {last['train']:.3f}  val {last['val']:.3f}"))
+
+        result = train(run, out, log=log)
+    style = "green" if result.ok else "red"
+    con.print(f"[{style}]{result.status}[/]: final val loss {result.final_val_loss:.4f}, "
+              f"{result.tokens_per_s:,.0f} tokens/s, {result.wall_s:.1f} s"
+              + (f" -- {result.reason}" if result.reason else ""))
+    con.print(f"result: {out / 'result.json'}")
+    return 0 if result.status == "completed" else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# coord-check
+
+
+def cmd_coord_check(args) -> int:
+    spec = _load(args)
+    from .coord import CoordConfig, coord_check, write_outputs
+
+    ccfg = CoordConfig()
+    if args.width_mults:
+        ccfg.width_mults = args.width_mults
+    if args.depth_mults:
+        ccfg.depth_mults = args.depth_mults
+    if args.steps:
+        ccfg.steps = args.steps
+    if args.tolerance:
+        ccfg.tolerance = args.tolerance
+    run = spec.run_config(spec.base)
+    con = _console()
+    con.print(f"coordinate check of {run.table().name} around {spec.base} "
+              f"(width x{ccfg.width_mults}, depth x{ccfg.depth_mults}, {ccfg.steps} steps)")
+    result = coord_check(run, ccfg, progress=lambda i, n, axis, m: con.print(
+        f"  [{i}/{n}] {axis} x{m:g}"))
+    out = Path(args.out) if args.out else Path(args.results) / spec.name / "coord"
+    paths = write_outputs(result, out)
+    from rich.table import Table
+
+    tab = Table(title="fitted log-log slopes (judged ones must be within "
+                f"{ccfg.tolerance} of expected)", header_style="bold")
+    for col in ("axis", "group", "quantity", "slope", "expected", "verdict"):
+        tab.add_column(col)
+    colours = {"pass": "green", "fail": "bold red", "info": "dim"}
+    for f in result.fits:
+        if f["verdict"] == "info" and not args.verbose:
+            continue
+        tab.add_row(f["axis"], f["group"], f["quantity"], f"{f['slope']:+.2f}",
+                    "-" if f["expected"] is None else f"{f['expected']:+.2f}",
+                    f"[{colours[f['verdict']]}]{f['verdict']}[/]")
+    con.print(tab)
+    if result.passed:
+        con.print(f"[green]PASS[/]: {result.parameterisation} keeps every judged coordinate "
+                  f"flat. Plot: {paths['plot']}")
+        return 0
+    bad = ", ".join(sorted({f"{f['group']}.{f['quantity']} ({f['axis']})"
+                            for f in result.failures()}))
+    con.print(f"[bold red]FAIL[/]: {result.parameterisation}: {bad}. Plot: {paths['plot']}")
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpt", description="Hyperparameter transfer studies "
+                                "with Complete(d)P.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("spec", help="study spec (YAML)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec value, e.g. --set hps.lr=0.02 (repeatable)")
+        return sp
+
+    d = spec_cmd("describe", "Print every (group, layer)'s resolved settings for a model.")
+    d.add_argument("--model", required=True, help="model name from the spec's models")
+    d.add_argument("--json", action="store_true", help="print one JSON object (stable format)")
+    d.add_argument("--all-layers", action="store_true",
+                   help="one row per layer even where consecutive layers are identical")
+    d.set_defaults(fn=cmd_describe)
+
+    r = sub.add_parser("rules", help="Print a parameterisation's rule table (exponents).")
+    r.add_argument("target", help="a built-in table name, or a spec file")
+    r.add_argument("--alpha", type=float, default=None, help="residual exponent")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--doc", action="store_true", help="also print the table's notes")
+    r.set_defaults(fn=cmd_rules)
+
+    t = spec_cmd("train", "Train one model of a spec.")
+    t.add_argument("--model", required=True)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--out", default=None, help="run folder (default: "
+                   "RESULTS/<study>/runs/<run id>)")
+    t.add_argument("--results", default="results", help="results root (default: results)")
+    t.add_argument("--force", action="store_true", help="retrain even if a result exists")
+    t.set_defaults(fn=cmd_train)
+
+    c = spec_cmd("coord-check", "Coordinate check over width and depth; exit 1 on failure.")
+    c.add_argument("--out", default=None, help="output folder (default: RESULTS/<study>/coord)")
+    c.add_argument("--results", default="results")
+    c.add_argument("--width-mults", type=float, nargs="+", default=None)
+    c.add_argument("--depth-mults", type=float, nargs="+", default=None)
+    c.add_argument("--steps", type=int, default=None)
+    c.add_argument("--tolerance", type=float, default=None)
+    c.add_argument("-v", "--verbose", action="store_true", help="also list unjudged slopes")
+    c.set_defaults(fn=cmd_coord_check)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as e:
+        print(e.format(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (UserError, FileNotFoundError) as e:
+        print(f"cpt: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("cpt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Coordinate check: do activations and their updates keep their size as width and depth grow?
+
+For models at several widths (base depth) and several depths (base width), all with HPs
+transferred from the base by the parameterisation under test, we record on a fixed probe batch
+the RMS of every group's output at initialisation and after a few Adam steps at the base
+learning rate:
+
+- ``act``: RMS of the output after the steps;
+- ``delta``: RMS of the change of the output caused by the steps.
+
+Each is averaged over layers and seeds, and a line is fitted to log(size) against
+log(multiplier) on each axis. A correct parameterisation keeps the judged slopes near their
+expected value (see `EXPECTED`); a wrong one shows slopes of about +-1/2 or 1 (SP's updates grow
+linearly with width under Adam, its residual stream as sqrt(depth)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .config import RunConfig
+from .scaling import BLOCK_GROUPS, Scale
+from .schedule import ScheduleConfig
+
+# Pseudo-groups measured besides the parameter groups.
+RESIDUAL = "residual"  # the residual stream entering the final norm
+LOGITS = "logits"      # = the unembedding's output
+BRANCH_OUT = ("attn_out", "mlp_down")  # outputs scaled by m_L^-alpha on purpose
+
+
+def expected_slope(group: str, quantity: str, axis: str, alpha: float) -> Optional[float]:
+    """The log-log slope a correct parameterisation shows, or None where nothing is claimed.
+
+    Width: every activation and every update keeps its size (muP's desiderata).
+    Depth: the residual stream and the logits keep their size, and so do the features inside a
+    block (their inputs are normalised). The branch outputs shrink as m_L^-alpha by design and
+    their updates as m_L^-1 (which, summed over the m_L-fold more blocks, is what keeps the
+    residual update flat), and in-block updates go as m_L^(alpha-1): flat only for alpha = 1
+    (CompleteP's "complete" feature learning). These are reported, not judged.
+    """
+    if axis == "width":
+        return 0.0
+    if group in (RESIDUAL, LOGITS, "embedding", "final_norm"):
+        return 0.0
+    if group in BLOCK_GROUPS and group not in BRANCH_OUT and quantity == "act":
+        return 0.0
+    return None
+
+
+@dataclass
+class CoordConfig:
+    """What the coordinate check measures."""
+
+    width_mults: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Width multipliers over the base width (at least 4, spanning 8x)."""
+    depth_mults: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Depth multipliers over the base depth (at least 4, spanning 8x)."""
+    steps: int = 5
+    """Adam steps (constant lr, no warmup) between the two measurements."""
+    batch: int = 8
+    """Sequences per step and in the probe batch."""
+    seq_len: int = 64
+    """Tokens per sequence (at most the base model's)."""
+    seeds: int = 2
+    """Seeds averaged (init and data)."""
+    tolerance: float = 0.2
+    """Largest allowed |slope - expected| for a judged (group, quantity, axis)."""
+
+
+def _scaled(base: Scale, axis: str, mult: float) -> Scale:
+    if axis == "width":
+        return dataclasses.replace(base, width=round(base.width * mult))
+    return dataclasses.replace(base, depth=max(1, round(base.depth * mult)))
+
+
+def measure(run: RunConfig, ccfg: CoordConfig, seed: int) -> dict[tuple[str, str], float]:
+    """{(group, quantity): size} for one model (``run.scale``) and one seed."""
+    import torch
+
+    from .data import TokenData
+    from .model import GPT
+    from .optim import build_optimizer
+
+    data = TokenData(run.data)
+    seq_len = min(ccfg.seq_len, run.scale.seq_len)
+    settings = run.settings()
+    torch.manual_seed(seed)
+    model = GPT(run.model_config(data.vocab_size), settings)
+    opt, sched = build_optimizer(model, settings, ScheduleConfig(warmup=0.0, decay="constant"),
+                                 ccfg.steps)
+
+    captured: dict[tuple[str, Optional[int]], torch.Tensor] = {}
+
+    def hook(key):
+        def fn(_module, args, output):
+            captured[key] = output.detach().float().clone()
+        return fn
+
+    def pre_hook(key):
+        def fn(_module, args):
+            captured[key] = args[0].detach().float().clone()
+        return fn
+
+    handles = [m.register_forward_hook(hook((g, layer))) for g, layer, m in
+               model.tagged_modules()]
+    handles.append(model.blocks[0].register_forward_pre_hook(pre_hook(("embedding", None))))
+    handles.append(model.final_norm.register_forward_pre_hook(pre_hook((RESIDUAL, None))))
+
+    probe_x, _ = data.train_batch(10**6 + seed, ccfg.batch, seq_len, seed)
+
+    def probe() -> dict:
+        captured.clear()
+        with torch.no_grad():
+            model(probe_x)
+        return dict(captured)
+
+    before = probe()
+    for step in range(ccfg.steps):
+        x, y = data.train_batch(step, ccfg.batch, seq_len, seed)
+        loss, _ = model(x, y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    after = probe()
+    for h in handles:
+        h.remove()
+
+    def rms(t: torch.Tensor) -> float:
+        return float(t.pow(2).mean().sqrt())
+
+    sums: dict[tuple[str, str], list[float]] = {}
+    for (group, _layer), out in after.items():
+        name = LOGITS if group == "unembedding" else group
+        sums.setdefault((name, "act"), []).append(rms(out))
+        sums.setdefault((name, "delta"), []).append(rms(out - before[group, _layer]))
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+@dataclass
+class CoordResult:
+    """Measurements, fitted slopes and verdicts of a coordinate check."""
+
+    parameterisation: str
+    rows: list[dict] = field(default_factory=list)
+    """One row per (axis, multiplier, group, quantity): the measured size."""
+    fits: list[dict] = field(default_factory=list)
+    """One row per (axis, group, quantity): slope, expected, verdict (pass/fail/info)."""
+
+    @property
+    def passed(self) -> bool:
+        return all(f["verdict"] != "fail" for f in self.fits)
+
+    def failures(self) -> list[dict]:
+        return [f for f in self.fits if f["verdict"] == "fail"]
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    lx, ly = np.log(xs), np.log(np.maximum(ys, 1e-30))
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def coord_check(run: RunConfig, ccfg: Optional[CoordConfig] = None,
+                progress: Optional[Callable[..., None]] = None) -> CoordResult:
+    """Run the coordinate check for ``run``'s parameterisation around its base scale."""
+    ccfg = ccfg or CoordConfig()
+    table = run.table()
+    base = dataclasses.replace(run.base_scale)
+    result = CoordResult(parameterisation=table.name)
+    jobs = [(axis, m) for axis, mults in (("width", ccfg.width_mults),
+                                          ("depth", ccfg.depth_mults)) for m in mults]
+    for i, (axis, mult) in enumerate(jobs):
+        scale = _scaled(base, axis, mult)
+        cfg = dataclasses.replace(run, scale=scale, base_scale=base)
+        per_seed = [measure(cfg, ccfg, seed) for seed in range(ccfg.seeds)]
+        for key in per_seed[0]:
+            group, quantity = key
+            value = float(np.mean([m[key] for m in per_seed]))
+            result.rows.append({"axis": axis, "mult": float(mult), "width": scale.width,
+                                "depth": scale.depth, "group": group, "quantity": quantity,
+                                "value": value})
+        if progress:
+            progress(i + 1, len(jobs), axis, mult)
+    for axis in ("width", "depth"):
+        keys = sorted({(r["group"], r["quantity"]) for r in result.rows if r["axis"] == axis})
+        for group, quantity in keys:
+            pts = [(r["mult"], r["value"]) for r in result.rows
+                   if r["axis"] == axis and r["group"] == group and r["quantity"] == quantity]
+            slope = _slope([p[0] for p in pts], [p[1] for p in pts])
+            exp = expected_slope(group, quantity, axis, table.alpha)
+            if exp is None:
+                verdict = "info"
+            else:
+                verdict = "pass" if abs(slope - exp) <= ccfg.tolerance else "fail"
+            result.fits.append({"axis": axis, "group": group, "quantity": quantity,
+                                "slope": slope, "expected": exp, "verdict": verdict})
+    return result
+
+
+def write_outputs(result: CoordResult, out_dir: Path) -> dict[str, Path]:
+    """Write the measurements and fits (CSV) and the plot (PNG); return their paths."""
+    import polars as pl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"measurements": out_dir / "coord_measurements.csv",
+             "fits": out_dir / "coord_fits.csv", "plot": out_dir / "coord_check.png"}
+    pl.DataFrame(result.rows).write_csv(paths["measurements"])
+    pl.DataFrame(result.fits).write_csv(paths["fits"])
+    plot(result, paths["plot"])
+    return paths
+
+
+def plot(result: CoordResult, path: Path) -> None:
+    """Size against multiplier, one panel per (axis, quantity), one line per group; judged
+    groups that fail are drawn thick and red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharex="col")
+    verdicts = {(f["axis"], f["group"], f["quantity"]): f for f in result.fits}
+    cmap = plt.get_cmap("tab20")
+    groups = sorted({r["group"] for r in result.rows})
+    for col, axis in enumerate(("width", "depth")):
+        for row, quantity in enumerate(("act", "delta")):
+            ax = axes[row][col]
+            for gi, group in enumerate(groups):
+                pts = sorted((r["mult"], r["value"]) for r in result.rows
+                             if r["axis"] == axis and r["group"] == group
+                             and r["quantity"] == quantity)
+                if not pts:
+                    continue
+                f = verdicts[axis, group, quantity]
+                style = {"fail": dict(lw=3, color="red"), "info": dict(lw=1, ls=":")}.get(
+                    f["verdict"], dict(lw=1.5))
+                style.setdefault("color", cmap(gi % 20))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
+                        label=f"{group} ({f['slope']:+.2f})", **style)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{quantity} vs {axis} multiplier")
+            ax.set_xlabel(f"{axis} multiplier m_{'N' if axis == 'width' else 'L'}")
+            ax.set_ylabel("RMS" if quantity == "act" else "RMS of change after steps")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=6, ncol=2)
+    verdict = "PASS" if result.passed else f"FAIL ({len(result.failures())} judged slopes)"
+    fig.suptitle(f"coordinate check: {result.parameterisation} -- {verdict}\n"
+                 "(slopes in legend; dotted: reported, not judged; red: failed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

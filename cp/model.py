@@ -1,0 +1,199 @@
+"""A modern GPT whose every parameter knows its (group, layer) in the rule table.
+
+Pre-norm RMSNorm blocks, per-head QK-norm, RoPE, untied embeddings, SwiGLU or GELU MLP, optional
+z-loss. Width grows with a fixed head dimension. The parameterisation enters only through the
+resolved `GroupSettings`: each module draws its init from ``init_std`` and multiplies its output
+by ``multiplier``. The residual-branch scaling m_L^-alpha is the multiplier of the branch's
+output projection (``attn_out``, ``mlp_down``), so no depth factor is hidden in this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .scaling import GroupSettings
+
+
+class Linear(nn.Module):
+    """y = multiplier * x W^T, W ~ N(0, init_std^2)."""
+
+    def __init__(self, fan_in: int, fan_out: int, s: GroupSettings):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(fan_out, fan_in))
+        self.init_std = s.init_std
+        self.multiplier = float(s.multiplier)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        return y if self.multiplier == 1.0 else y * self.multiplier
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a gain (initialised to 1) times a forward multiplier."""
+
+    def __init__(self, dim: int, s: GroupSettings, eps: float):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(dim))
+        self.multiplier = float(s.multiplier)
+        self.eps = eps
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gain if self.multiplier == 1.0 else self.gain * self.multiplier
+        return F.rms_norm(x, (x.shape[-1],), g, self.eps)
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+D/2}) of a (B, H, T, D) tensor by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, s: Mapping):
+        super().__init__()
+        d, hd = cfg.width, cfg.arch.head_dim
+        self.n_heads, self.head_dim = cfg.n_heads, hd
+        self.q = Linear(d, d, s["attn_q", layer])
+        self.k = Linear(d, d, s["attn_k", layer])
+        self.v = Linear(d, d, s["attn_v", layer])
+        self.out = Linear(d, d, s["attn_out", layer])
+        self.qk_norm = cfg.arch.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(hd, s["qk_norm_q", layer], cfg.arch.norm_eps)
+            self.k_norm = RMSNorm(hd, s["qk_norm_k", layer], cfg.arch.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        shape = (B, T, self.n_heads, self.head_dim)
+        q, k, v = self.q(x).view(shape), self.k(x).view(shape), self.v(x).view(shape)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, s: Mapping):
+        super().__init__()
+        d, h = cfg.width, cfg.mlp_hidden
+        self.swiglu = cfg.arch.mlp == "swiglu"
+        self.up = Linear(d, h, s["mlp_up", layer])
+        if self.swiglu:
+            self.gate = Linear(d, h, s["mlp_gate", layer])
+        self.down = Linear(h, d, s["mlp_down", layer])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, s: Mapping):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.width, s["attn_norm", layer], cfg.arch.norm_eps)
+        self.attn = Attention(cfg, layer, s)
+        self.mlp_norm = RMSNorm(cfg.width, s["mlp_norm", layer], cfg.arch.norm_eps)
+        self.mlp = MLP(cfg, layer, s)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h = h + self.attn(self.attn_norm(h), cos, sin)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+# Parameter name suffix (inside a block, or at top level) -> group.
+_BLOCK_PARAM_GROUPS = {
+    "attn_norm.gain": "attn_norm", "attn.q.weight": "attn_q", "attn.k.weight": "attn_k",
+    "attn.v.weight": "attn_v", "attn.q_norm.gain": "qk_norm_q", "attn.k_norm.gain": "qk_norm_k",
+    "attn.out.weight": "attn_out", "mlp_norm.gain": "mlp_norm", "mlp.up.weight": "mlp_up",
+    "mlp.gate.weight": "mlp_gate", "mlp.down.weight": "mlp_down",
+}
+_TOP_PARAM_GROUPS = {"embedding": "embedding", "final_norm.gain": "final_norm",
+                     "unembedding.weight": "unembedding"}
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer built from resolved per-(group, layer) settings."""
+
+    def __init__(self, cfg: ModelConfig, settings: Iterable[GroupSettings]):
+        super().__init__()
+        if cfg.width % cfg.arch.head_dim:
+            raise ValueError(f"width {cfg.width} is not a multiple of head_dim "
+                             f"{cfg.arch.head_dim}")
+        self.cfg = cfg
+        s = {(x.group, x.layer): x for x in settings}
+        missing = [(g, None) for g in ("embedding", "final_norm", "unembedding")
+                   if (g, None) not in s]
+        if missing:
+            raise ValueError(f"settings lack {missing}")
+        emb = s["embedding", None]
+        self.embedding = nn.Parameter(torch.empty(cfg.vocab_size, cfg.width))
+        self.embedding_std, self.embedding_multiplier = emb.init_std, float(emb.multiplier)
+        self.blocks = nn.ModuleList(Block(cfg, i, s) for i in range(cfg.depth))
+        self.final_norm = RMSNorm(cfg.width, s["final_norm", None], cfg.arch.norm_eps)
+        self.unembedding = Linear(cfg.width, cfg.vocab_size, s["unembedding", None])
+        cos, sin = rope_tables(cfg.seq_len, cfg.arch.head_dim, cfg.arch.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.embedding, std=self.embedding_std)
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def tagged_parameters(self) -> Iterator[tuple[str, int | None, str, nn.Parameter]]:
+        """(group, layer, name, parameter) for every parameter."""
+        for name, p in self.named_parameters():
+            if name.startswith("blocks."):
+                _, layer, rest = name.split(".", 2)
+                yield _BLOCK_PARAM_GROUPS[rest], int(layer), name, p
+            else:
+                yield _TOP_PARAM_GROUPS[name], None, name, p
+
+    def tagged_modules(self) -> Iterator[tuple[str, int | None, nn.Module]]:
+        """(group, layer, module) for every module that owns a group's parameter; the module's
+        output is that group's activation (the embedding is a bare parameter: not listed)."""
+        for group, layer, name, _ in self.tagged_parameters():
+            if group != "embedding":
+                yield group, layer, self.get_submodule(name.rsplit(".", 1)[0])
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits, or (loss to optimise, cross-entropy) when targets are given."""
+        T = idx.shape[1]
+        h = F.embedding(idx, self.embedding)
+        if self.embedding_multiplier != 1.0:
+            h = h * self.embedding_multiplier
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        for block in self.blocks:
+            h = block(h, cos, sin)
+        logits = self.unembedding(self.final_norm(h))
+        if targets is None:
+            return logits
+        logits = logits.float()
+        ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+        if not self.cfg.arch.z_loss:
+            return ce, ce
+        z = torch.logsumexp(logits, dim=-1)
+        return ce + self.cfg.arch.z_loss * (z * z).mean(), ce

@@ -1,0 +1,215 @@
+"""From a rule table, a base scale and base HPs to the settings of every (group, layer).
+
+    value(group, layer, kind) = base_hps[group, kind]
+                                * per_type[kind][group] * per_layer[kind][layer]   (tuned)
+                                * table.rule(group, kind).factor(m_N, m_L, m_B, m_D)  (transfer)
+
+For beta1/beta2 the product acts on (1 - beta). This is the only place where HPs are scaled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from .rules import BLOCK_GROUPS, GAIN_GROUPS, GROUPS, HP_KINDS, RuleTable, expand_groups
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Where a model sits on the four transfer axes (plus its sequence length)."""
+
+    width: int
+    """Model width d_model."""
+    depth: int
+    """Number of transformer blocks."""
+    batch: int
+    """Sequences per optimiser step (the global batch)."""
+    tokens: int
+    """Training horizon in tokens."""
+    seq_len: int
+    """Tokens per sequence."""
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.seq_len
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps in the run: the horizon over tokens per step, rounded down."""
+        return self.tokens // self.tokens_per_step
+
+
+def scale_multipliers(base: Scale, scale: Scale) -> dict[str, float]:
+    """m_N, m_L, m_B (tokens per step) and m_D (horizon) of ``scale`` relative to ``base``."""
+    return {
+        "width": scale.width / base.width,
+        "depth": scale.depth / base.depth,
+        "batch": scale.tokens_per_step / base.tokens_per_step,
+        "horizon": scale.tokens / base.tokens,
+    }
+
+
+def _default_group_hps() -> dict[str, dict[str, float]]:
+    # Norm gains are not decayed (towards 0 would switch the layer off) [C].
+    return {g: {"weight_decay": 0.0} for g in sorted(GAIN_GROUPS)}
+
+
+@dataclass
+class HPs:
+    """Base hyperparameters: their values at the base scale, before any transfer rule."""
+
+    lr: float = 3e-3
+    """Adam learning rate (peak of the schedule)."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, PyTorch convention (per-step shrink lr * weight_decay)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.95
+    """Adam beta2."""
+    init_std: float = 0.02
+    """Standard deviation of the normal init of every matrix (gains start at 1)."""
+    multiplier: float = 1.0
+    """Forward multiplier on every module's output."""
+    groups: dict[str, dict[str, float]] = field(default_factory=_default_group_hps)
+    """Per-group base values that differ from the global ones: group or group set -> kind ->
+    value. Default: no weight decay on norm gains."""
+
+    def value(self, group: str, kind: str) -> float:
+        """The base value of ``kind`` for ``group`` (a group entry beats a group-set entry)."""
+        found = None
+        for key, kinds in self.groups.items():
+            if kind in kinds and group in expand_groups([key]):
+                if key == group:
+                    return float(kinds[kind])
+                found = float(kinds[kind])
+        return found if found is not None else float(getattr(self, kind))
+
+
+def layer_factors(factors: Sequence[float], depth: int) -> list[float]:
+    """Per-layer factors given on any number of layers, mapped onto ``depth`` layers.
+
+    Factors sit at relative depths 0..1 (first and last layer at the ends) and are linearly
+    interpolated in log space, so the first and last layers keep their factors at any depth.
+    """
+    n = len(factors)
+    if n == 0:
+        return [1.0] * depth
+    if any(f <= 0 for f in factors):
+        raise ValueError(f"per-layer factors must be positive, got {list(factors)}")
+    logs = [math.log(f) for f in factors]
+    if n == 1:
+        return [float(factors[0])] * depth
+    if depth == 1:  # a single block is both first and last: the geometric mean
+        return [math.exp(sum(logs) / n)]
+    out = []
+    for i in range(depth):
+        x = i / (depth - 1) * (n - 1)
+        lo = min(math.floor(x), n - 2)
+        t = x - lo
+        out.append(math.exp((1 - t) * logs[lo] + t * logs[lo + 1]))
+    return out
+
+
+@dataclass
+class Multipliers:
+    """Tuned per-module multipliers in the paper's type x depth factorisation:
+    multiplier(group, layer, kind) = per_type[kind][group] * per_layer[kind][layer]."""
+
+    per_type: dict[str, dict[str, float]] = field(default_factory=dict)
+    """HP kind -> group (or group set) -> factor. Missing entries are 1."""
+    per_layer: dict[str, list[float]] = field(default_factory=dict)
+    """HP kind -> factors over relative depth (first to last block), shared by all block
+    groups; interpolated (log-linearly) to the model's depth."""
+
+    def type_factor(self, kind: str, group: str) -> float:
+        f = 1.0
+        for key, value in self.per_type.get(kind, {}).items():
+            if group in expand_groups([key]):
+                f = float(value)
+                if key == group:
+                    break
+        return f
+
+    def layer_factors(self, kind: str, depth: int) -> list[float]:
+        return layer_factors(self.per_layer.get(kind, []), depth)
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """Resolved settings of one parameter group at one layer (layer None outside blocks)."""
+
+    group: str
+    layer: int | None
+    init_std: float | None
+    multiplier: float
+    lr: float
+    eps: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _scaled_beta(beta: float, factor: float, table: RuleTable) -> float:
+    lo, hi = table.beta_bounds
+    if table.beta_form == "power":
+        b = beta ** factor
+    else:
+        b = 1.0 - factor * (1.0 - beta)
+    return min(max(b, lo), hi)
+
+
+def resolve(
+    table: RuleTable,
+    base_scale: Scale,
+    scale: Scale,
+    base_hps: HPs,
+    multipliers: Multipliers | None = None,
+    groups: Iterable[str] | None = None,
+) -> list[GroupSettings]:
+    """Settings of every (group, layer) of a model at ``scale``.
+
+    ``groups`` restricts the output to the groups a model has (default: all groups); block
+    groups get one entry per layer, in layer order, between the embedding and the head.
+    """
+    multipliers = multipliers or Multipliers()
+    wanted = list(GROUPS) if groups is None else [g for g in GROUPS if g in set(groups)]
+    unknown = set(groups or ()) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown group(s) {sorted(unknown)}; known: {list(GROUPS)}")
+    mults = scale_multipliers(base_scale, scale)
+    per_layer = {k: multipliers.layer_factors(k, scale.depth) for k in HP_KINDS}
+
+    def settings(group: str, layer: int | None) -> GroupSettings:
+        values: dict[str, float | None] = {}
+        for kind in HP_KINDS:
+            tuned = multipliers.type_factor(kind, group)
+            if layer is not None:
+                tuned *= per_layer[kind][layer]
+            factor = tuned * table.rule(group, kind).factor(mults, table.alpha)
+            base = base_hps.value(group, kind)
+            if kind in ("beta1", "beta2"):
+                values[kind] = _scaled_beta(base, factor, table)
+            elif kind == "init_std" and group in GAIN_GROUPS:
+                values[kind] = None
+            else:
+                values[kind] = base * factor
+        return GroupSettings(group=group, layer=layer, **values)  # type: ignore[arg-type]
+
+    out = [settings(g, None) for g in wanted if g == "embedding"]
+    for layer in range(scale.depth):
+        out += [settings(g, layer) for g in wanted if g in BLOCK_GROUPS]
+    out += [settings(g, None) for g in wanted if g in ("final_norm", "unembedding")]
+    return out
+
+
+def settings_index(settings: Iterable[GroupSettings]) -> Mapping[tuple[str, int | None],
+                                                                 GroupSettings]:
+    """Settings keyed by (group, layer)."""
+    return {(s.group, s.layer): s for s in settings}

@@ -1,0 +1,233 @@
+"""train(RunConfig) -> RunResult: one training run, checkpointed, resumable, never crashing on
+divergence.
+
+The loop is nanoGPT's: draw the step's batch, forward, backward, AdamW step, schedule step.
+Around it: periodic evaluation on the study's fixed validation sequences, divergence detection
+(a NaN/inf loss or a blow-up ends the run with diverged=True), and checkpoints from which a
+killed run continues bit-identically on CPU (batches depend only on (seed, step)).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import CONFIG_FILE, RESULT_FILE, RunConfig, RunResult, write_json_atomic
+from .data import TokenData
+from .model import GPT
+from .optim import build_optimizer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LogFn = Callable[[dict[str, Any]], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def eval_steps(total_steps: int, evals: int) -> list[int]:
+    """Steps (1-based counts of updates done) after which the model is evaluated."""
+    n = max(1, min(evals, total_steps))
+    return sorted({max(1, round(total_steps * (i + 1) / n)) for i in range(n)})
+
+
+class _Divergence:
+    """Flags NaN/inf losses and blow-ups of the smoothed loss above its best value."""
+
+    def __init__(self, margin: float, state: Optional[dict] = None):
+        self.margin = margin
+        self.ema: Optional[float] = None
+        self.best = math.inf
+        if state:
+            self.ema, self.best = state["ema"], state["best"]
+
+    def update(self, losses: list[float]) -> Optional[str]:
+        for loss in losses:
+            if not math.isfinite(loss):
+                return f"non-finite train loss ({loss})"
+            self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+            self.best = min(self.best, self.ema)
+            if self.ema > self.best + self.margin:
+                return (f"train loss blew up: smoothed {self.ema:.3f} > best {self.best:.3f} "
+                        f"+ margin {self.margin}")
+        return None
+
+    def state(self) -> dict:
+        return {"ema": self.ema, "best": self.best}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: TokenData, cfg: RunConfig, device: torch.device,
+             autocast) -> float:
+    """Mean cross-entropy over the fixed validation sequences."""
+    model.eval()
+    total, count = 0.0, 0
+    batch = min(cfg.scale.batch, 64)
+    for x, y in data.val_batches(cfg.train.eval_sequences, cfg.scale.seq_len, batch):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            _, ce = model(x, y)
+        total += ce.item() * x.shape[0]
+        count += x.shape[0]
+    model.train()
+    return total / count
+
+
+def _save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "state": state}, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
+          stop_after: Optional[int] = None, log: Optional[LogFn] = None) -> RunResult:
+    """Train one run. With ``out_dir`` the run writes its config, checkpoints and result
+    there, and resumes from a checkpoint it finds. ``stop_after`` ends the session after that
+    many total steps with status ``stopped`` (a checkpoint is left to resume from). ``log``
+    receives progress records ({step, total_steps, train_loss | val_loss, ...})."""
+    t_start = time.perf_counter()
+    rt = cfg.runtime
+    if rt.threads:
+        torch.set_num_threads(rt.threads)
+    device = pick_device(rt.device)
+    run_id = cfg.run_id()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / CONFIG_FILE, {"run_id": run_id, "config": cfg.to_dict(),
+                                              "resolved": cfg.resolved()})
+    ckpt_path = out / CHECKPOINT_FILE if out is not None else None
+
+    data = TokenData(cfg.data)
+    settings = cfg.settings()
+    total_steps = cfg.scale.steps
+    if total_steps < 1:
+        raise ValueError(f"{cfg.scale.tokens} tokens make no step of {cfg.scale.batch} x "
+                         f"{cfg.scale.seq_len} tokens")
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model_config(data.vocab_size), settings).to(device)
+    opt, sched = build_optimizer(model, settings, cfg.schedule, total_steps)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    state: dict[str, Any] = {"step": 0, "eval_curve": [], "train_curve": [], "train_time": 0.0,
+                             "divergence": None, "wall_before": 0.0}
+    if ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        state = ck["state"]
+        if log:
+            log({"event": "resumed", "step": state["step"], "total_steps": total_steps})
+
+    fwd = torch.compile(model) if rt.compile else model
+    use_bf16 = cfg.train.precision == "bf16"
+
+    def autocast():
+        if use_bf16:
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    divergence = _Divergence(cfg.train.divergence_margin, state["divergence"])
+    evals = set(eval_steps(total_steps, cfg.train.evals))
+    tokens_per_step = cfg.scale.tokens_per_step
+    # Losses not yet read back (reading syncs a GPU); carried through checkpoints so a resumed
+    # run logs exactly what an uninterrupted one does.
+    pending: list[torch.Tensor] = [torch.tensor(v) for v in state.pop("pending", [])]
+    reason: Optional[str] = None
+    wall_before = state["wall_before"]
+    clock = {"train_from": time.perf_counter(), "last_ckpt": time.perf_counter()}
+
+    def stop_train_clock() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        state["train_time"] += time.perf_counter() - clock["train_from"]
+
+    def flush_losses(step: int) -> Optional[str]:
+        if not pending:
+            return None
+        values = torch.stack(pending).tolist()
+        pending.clear()
+        state["train_curve"].append([step, sum(values) / len(values)])
+        return divergence.update(values)
+
+    step = state["step"]
+    while step < total_steps:
+        x, y = data.train_batch(step, cfg.scale.batch, cfg.scale.seq_len, cfg.seed)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            loss, ce = fwd(x, y)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        pending.append(ce.detach().float())
+        step += 1
+
+        is_eval = step in evals
+        if step % cfg.train.log_every == 0 or is_eval or step == total_steps:
+            reason = flush_losses(step)
+            if reason:
+                break
+            if log:
+                log({"step": step, "total_steps": total_steps,
+                     "train_loss": state["train_curve"][-1][1]})
+        if is_eval:
+            stop_train_clock()
+            val = evaluate(model, data, cfg, device, autocast)
+            clock["train_from"] = time.perf_counter()
+            if not math.isfinite(val):
+                reason = f"non-finite validation loss ({val})"
+                break
+            state["eval_curve"].append({"step": step, "tokens": step * tokens_per_step,
+                                        "val_loss": val})
+            if log:
+                log({"step": step, "total_steps": total_steps, "val_loss": val})
+
+        stop_now = stop_after is not None and stop_after <= step < total_steps
+        now = time.perf_counter()
+        due = (rt.checkpoint_every and step % rt.checkpoint_every == 0) or (
+            rt.checkpoint_seconds and now - clock["last_ckpt"] > rt.checkpoint_seconds)
+        if ckpt_path is not None and (stop_now or due) and step < total_steps:
+            stop_train_clock()
+            state.update(step=step, divergence=divergence.state(),
+                         wall_before=wall_before + now - t_start,
+                         pending=[float(v) for v in pending])
+            _save_checkpoint(ckpt_path, model, opt, sched, state)
+            state.pop("pending")
+            clock["train_from"] = clock["last_ckpt"] = time.perf_counter()
+        if stop_now:
+            break
+
+    stop_train_clock()
+    status = "diverged" if reason else ("completed" if step >= total_steps else "stopped")
+    final_val = state["eval_curve"][-1]["val_loss"] if state["eval_curve"] else math.nan
+    if status != "completed":
+        final_val = math.nan if status == "diverged" else final_val
+    result = RunResult(
+        run_id=run_id, status=status, diverged=status == "diverged", reason=reason,
+        steps=step, total_steps=total_steps, tokens=step * tokens_per_step,
+        final_val_loss=final_val, eval_curve=state["eval_curve"],
+        train_curve=state["train_curve"],
+        tokens_per_s=step * tokens_per_step / state["train_time"] if state["train_time"] else 0.0,
+        wall_s=wall_before + time.perf_counter() - t_start, n_params=n_params,
+    )
+    if out is not None:
+        if status == "completed" and rt.keep_checkpoint:
+            _save_checkpoint(ckpt_path, model, opt, sched, {**state, "step": step, "pending": []})
+        elif status in ("completed", "diverged") and ckpt_path.exists():
+            ckpt_path.unlink()
+        write_json_atomic(out / RESULT_FILE, result.to_dict())
+    return result

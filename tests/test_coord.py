@@ -1,0 +1,54 @@
+"""The coordinate check: Complete(d)P keeps coordinates flat across width and depth; SP does not."""
+
+import pytest
+
+from cp.coord import CoordConfig, coord_check, write_outputs
+from cp.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def demo_proxy():
+    return load_spec("specs/demo.yaml").run_config("proxy")
+
+
+@pytest.fixture(scope="module")
+def results(demo_proxy):
+    import dataclasses
+
+    out = {}
+    for name in ("completed_p", "sp"):
+        run = dataclasses.replace(demo_proxy, parameterisation=dataclasses.replace(
+            demo_proxy.parameterisation, name=name, alpha=None))
+        out[name] = coord_check(run, CoordConfig())
+    return out
+
+
+def test_the_check_spans_at_least_4_widths_and_4_depths_over_8x(results):
+    rows = results["completed_p"].rows
+    for axis in ("width", "depth"):
+        mults = sorted({r["mult"] for r in rows if r["axis"] == axis})
+        assert len(mults) >= 4 and mults[-1] / mults[0] >= 8
+
+
+def test_completed_p_passes_on_the_same_models_where_sp_fails(results):
+    assert results["completed_p"].passed, results["completed_p"].failures()
+    assert not results["sp"].passed
+
+
+def test_sp_fails_because_updates_grow_with_width_and_the_residual_with_depth(results):
+    fails = {(f["axis"], f["group"], f["quantity"]): f["slope"] for f in results["sp"].failures()}
+    assert fails[("width", "mlp_up", "delta")] > 0.5
+    assert fails[("width", "logits", "delta")] > 0.3
+    assert fails[("depth", "residual", "act")] > 0.3
+
+
+def test_completed_p_slopes_are_flat_on_every_judged_coordinate(results):
+    for f in results["completed_p"].fits:
+        if f["verdict"] != "info":
+            assert abs(f["slope"] - f["expected"]) < 0.2, f
+
+
+def test_outputs_are_a_table_and_a_png(results, tmp_path):
+    paths = write_outputs(results["sp"], tmp_path)
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "slope" in paths["fits"].read_text().splitlines()[0]

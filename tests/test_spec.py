@@ -1,0 +1,133 @@
+"""Specs: the shipped ones load; each malformed case fails early with a message a person can
+act on (file, key path, value, what is allowed)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cp.spec import SpecError, build_spec, load_spec
+
+SPECS = Path(__file__).parent.parent / "specs"
+
+
+@pytest.fixture
+def demo():
+    return yaml.safe_load((SPECS / "demo.yaml").read_text())
+
+
+def problems(raw, file="specs/x.yaml"):
+    with pytest.raises(SpecError) as err:
+        build_spec(raw, file)
+    text = err.value.format()
+    assert text.startswith(file)
+    return text
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_load(path):
+    spec = load_spec(path)
+    assert spec.base in spec.models
+    for name in spec.models:
+        assert spec.run_config(name).scale.steps >= 1
+
+
+def test_demo_names_a_proxy_and_a_larger_target():
+    spec = load_spec(SPECS / "demo.yaml")
+    proxy, target = spec.models["proxy"], spec.models["target"]
+    assert target.width > proxy.width and target.depth >= proxy.depth
+
+
+def set_key(raw, dotted, value):
+    raw = copy.deepcopy(raw)
+    *path, last = dotted.split(".")
+    node = raw
+    for k in path:
+        node = node.setdefault(k, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("parameterisation.nmae", "x", ["parameterisation.nmae", "unknown key",
+                                    "did you mean 'name'", "allowed: name, alpha, base, rules"]),
+    ("modles", {}, ["modles", "did you mean 'models'"]),
+    ("parameterisation.name", "completedp", ["parameterisation.name", "'completedp'",
+                                             "did you mean 'completed_p'", "allowed:"]),
+    ("arch.mlp", "relu", ["arch.mlp", "'relu' is not allowed", "'swiglu', 'gelu'"]),
+    ("models.target.width", 100, ["models.target.width", "100 is not a multiple of arch.head_dim",
+                                  "a positive multiple of 16"]),
+    ("models.target.depth", 0, ["models.target.depth", "0 is out of range", "positive integer"]),
+    ("models.target.batch", "big", ["models.target.batch", "'big' is not an integer"]),
+    ("models.proxy.tokens", 100, ["models.proxy.tokens", "make no optimiser step"]),
+    ("hps.beta2", 1.0, ["hps.beta2", "1.0 is out of range", "0 < beta < 1"]),
+    ("hps.lr", -1, ["hps.lr", "out of range", "> 0"]),
+    ("hps.groups", {"atn_q": {"lr": 0.1}}, ["hps.groups.atn_q", "did you mean 'attn_q'"]),
+    ("hps.groups", {"attn_q": {"learning_rate": 0.1}}, ["hps.groups.attn_q.learning_rate",
+                                                       "unknown HP kind"]),
+    ("base", "small", ["base", "'small' is not a model", "proxy, target"]),
+    ("parameterisation.alpha", 2.0, ["parameterisation.alpha", "0.5 <= alpha <= 1"]),
+    ("parameterisation.rules", {"hidden": {"lr": {"depht": 1}}},
+     ["parameterisation.rules.hidden.lr.depht", "did you mean 'depth'"]),
+    ("parameterisation.rules", {"hidden": {"lr": {"depth": "alpha +"}}},
+     ["parameterisation.rules.hidden.lr.depth", "not an arithmetic expression"]),
+    ("parameterisation.rules", {"hidden": {"lr": {"depth": "beta"}}},
+     ["only numbers, 'alpha'"]),
+    ("multipliers.per_layer", {"lr": []}, ["multipliers.per_layer.lr", "empty list"]),
+    ("multipliers.per_type", {"lr": {"attn_q": -2}}, ["multipliers.per_type.lr.attn_q",
+                                                      "out of range"]),
+    ("schedule.warmup", 1.5, ["schedule.warmup", "0 <= warmup < 1"]),
+    ("data.corpus", "nothing.bin", ["data.corpus", "neither a bundled corpus"]),
+    ("train.precision", "fp16", ["train.precision", "'fp32', 'bf16'"]),
+])
+def test_each_malformed_spec_names_key_value_and_what_is_allowed(demo, key, value, expected):
+    text = problems(set_key(demo, key, value))
+    for fragment in expected:
+        assert fragment in text, (fragment, text)
+
+
+def test_missing_required_model_field(demo):
+    raw = copy.deepcopy(demo)
+    del raw["models"]["target"]["width"]
+    assert "models.target.width: missing (required)" in problems(raw)
+
+
+def test_every_problem_is_reported_at_once(demo):
+    raw = set_key(set_key(demo, "arch.mlp", "relu"), "train.precision", "fp16")
+    text = problems(raw)
+    assert "2 problem(s)" in text and "arch.mlp" in text and "train.precision" in text
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: x\nmodels:\n  proxy: {width: 64,\n")
+    with pytest.raises(SpecError, match=r"broken.yaml.*\n.*not valid YAML: line \d+"):
+        load_spec(bad)
+
+
+def test_missing_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="cannot read the file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_numbers_in_scientific_notation_are_accepted(demo):
+    raw = set_key(set_key(demo, "models.target.tokens", "4e6"), "hps.eps", "1e-8")
+    spec = build_spec(raw)
+    assert spec.models["target"].tokens == 4_000_000 and spec.hps.eps == 1e-8
+
+
+def test_command_line_overrides_take_effect():
+    spec = load_spec(SPECS / "demo.yaml", overrides=["hps.lr=0.02", "models.target.depth=8"])
+    assert spec.hps.lr == 0.02 and spec.models["target"].depth == 8
+    with pytest.raises(SpecError, match="hps.lr"):
+        load_spec(SPECS / "demo.yaml", overrides=["hps.lr=fast"])
+
+
+def test_spec_overrides_of_the_rule_table_reach_the_run(demo):
+    raw = set_key(demo, "parameterisation.rules", {"embedding": {"lr": {"width": -1}}})
+    spec = build_spec(raw)
+    target = {(s.group, s.layer): s for s in spec.run_config("target").settings()}
+    plain = {(s.group, s.layer): s for s in build_spec(demo).run_config("target").settings()}
+    m_n = spec.models["target"].width / spec.models["proxy"].width
+    assert target["embedding", None].lr == pytest.approx(plain["embedding", None].lr / m_n)

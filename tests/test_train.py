@@ -1,0 +1,77 @@
+"""train(): the loss goes down, a killed run resumes identically, divergence is a result."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from cp.config import RunConfig, load_result
+from cp.scaling import HPs
+from cp.train import CHECKPOINT_FILE, eval_steps, train
+
+
+def test_a_short_run_lowers_the_validation_loss(tiny):
+    result = train(tiny())
+    assert result.status == "completed" and not result.diverged
+    losses = [e["val_loss"] for e in result.eval_curve]
+    assert losses[0] < math.log(256)            # learnt something by the first eval
+    assert losses[-1] < losses[0] - 0.3          # and kept learning
+    assert result.final_val_loss == losses[-1]
+    assert result.steps == result.total_steps == 40
+    assert result.tokens == 40 * 8 * 32 and result.tokens_per_s > 0
+
+
+def test_resume_after_a_checkpoint_gives_the_same_losses_as_an_uninterrupted_run(tiny, tmp_path):
+    cfg = tiny()
+    uninterrupted = train(cfg)
+    stopped = train(cfg, tmp_path, stop_after=17)   # a kill between log and eval points
+    assert stopped.status == "stopped" and stopped.steps == 17
+    assert (tmp_path / CHECKPOINT_FILE).exists()
+    assert load_result(tmp_path) is None            # a stopped run has no result yet
+    resumed = train(cfg, tmp_path)
+    assert resumed.status == "completed"
+    assert resumed.eval_curve == uninterrupted.eval_curve      # bit-identical on CPU
+    assert resumed.train_curve == uninterrupted.train_curve
+    assert not (tmp_path / CHECKPOINT_FILE).exists()           # cleaned up once done
+    assert load_result(tmp_path).final_val_loss == uninterrupted.final_val_loss
+
+
+def test_a_nan_run_returns_diverged(tiny):
+    result = train(tiny(hps=HPs(lr=1e9)))
+    assert result.diverged and result.status == "diverged"
+    assert "non-finite" in result.reason
+    assert math.isnan(result.final_val_loss)
+    assert result.steps < result.total_steps       # stopped early
+
+
+def test_a_loss_blow_up_returns_diverged(tiny):
+    result = train(tiny(hps=HPs(lr=3.0)))
+    assert result.diverged and result.steps < result.total_steps
+    assert "blew up" in result.reason or "non-finite" in result.reason
+
+
+def test_run_folder_holds_config_and_result(tiny, tmp_path):
+    cfg = tiny()
+    train(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["run_id"] == cfg.run_id()
+    assert RunConfig.from_dict(saved["config"]).run_id() == cfg.run_id()
+    assert len(saved["resolved"]["settings"]) == len(cfg.settings())
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "completed"
+
+
+def test_run_id_hashes_what_changes_the_numbers_only(tiny):
+    cfg = tiny()
+    assert tiny().run_id() == cfg.run_id()
+    assert dataclasses.replace(cfg, seed=1).run_id() != cfg.run_id()
+    assert dataclasses.replace(cfg, hps=HPs(lr=2e-2)).run_id() != cfg.run_id()
+    other_runtime = dataclasses.replace(cfg, runtime=dataclasses.replace(
+        cfg.runtime, checkpoint_every=5, threads=1))
+    assert other_runtime.run_id() == cfg.run_id()
+
+
+@pytest.mark.parametrize("total,evals", [(40, 4), (7, 20), (1000, 3)])
+def test_evaluations_are_spread_and_end_at_the_last_step(total, evals):
+    steps = eval_steps(total, evals)
+    assert steps[-1] == total and len(steps) == min(total, evals)
