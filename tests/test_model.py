@@ -20,12 +20,12 @@ def build(cfg, arch=None, **scale):
 @pytest.mark.parametrize("arch", [ArchConfig(head_dim=16), ArchConfig(head_dim=16, mlp="gelu",
                                                                       qk_norm=False)])
 def test_every_parameter_reports_a_group_of_the_architecture_and_a_layer(tiny, arch):
-    run, model = build(tiny(), arch=arch, depth=3)
+    _, model = build(tiny(), arch=arch, depth=3)
     tags = list(model.tagged_parameters())
     assert len(tags) == len(list(model.parameters()))
     groups = {g for g, *_ in tags}
     assert groups == set(model_groups(arch))
-    for group, layer, name, _ in tags:
+    for _, layer, name, _ in tags:
         if name.startswith("blocks."):
             assert layer == int(name.split(".")[1])
         else:

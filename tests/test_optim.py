@@ -1,6 +1,7 @@
 """AdamW param groups carry the resolved settings; the schedule is a function of run fraction."""
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_schedule_warms_up_peaks_and_ends_at_final_lr(decay):
     f = [lr_factor(s, 200, sched) for s in range(200)]
     assert f[0] == pytest.approx(1 / 20) and f[19] == pytest.approx(1.0)
     assert max(f) == pytest.approx(1.0) and f[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(f[20:], f[21:]))  # monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(f[20:]))  # monotone decay
 
 
 def test_schedule_shape_is_the_same_fraction_of_any_horizon():

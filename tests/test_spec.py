@@ -120,7 +120,7 @@ def test_numbers_in_scientific_notation_are_accepted(demo):
 def test_command_line_overrides_take_effect():
     spec = load_spec(SPECS / "demo.yaml", overrides=["hps.lr=0.02", "models.target.depth=8"])
     assert spec.hps.lr == 0.02 and spec.models["target"].depth == 8
-    with pytest.raises(SpecError, match="hps.lr"):
+    with pytest.raises(SpecError, match=r"hps\.lr"):
         load_spec(SPECS / "demo.yaml", overrides=["hps.lr=fast"])
 
 
