@@ -80,11 +80,52 @@ def set_key(raw, dotted, value):
     ("schedule.warmup", 1.5, ["schedule.warmup", "0 <= warmup < 1"]),
     ("data.corpus", "nothing.bin", ["data.corpus", "neither a bundled corpus"]),
     ("train.precision", "fp16", ["train.precision", "'fp32', 'bf16'"]),
+    # stage sections
+    ("sweep", {"grid": {"lr": [0.01]}}, ["sweep", "unknown key", "did you mean 'sweeps'"]),
+    ("sweeps.grid", {"lr": []}, ["sweeps.grid.lr", "empty grid"]),
+    ("sweeps.grid", {"learning_rate": [0.1]}, ["sweeps.grid.learning_rate", "unknown HP kind"]),
+    ("search.trials", -5, ["search.trials", "-5 is out of range", "an integer >= 1"]),
+    ("search.batch", 0, ["search.batch", "out of range"]),
+    ("search.algorithm", "bayes", ["search.algorithm", "'bayes' is not allowed"]),
+    ("models.target.width", 16, ["models.target.width", "smaller than the base's 32",
+                                 "must not shrink"]),
+    ("models.target.tokens", 4096, ["models.target.tokens", "smaller than the base"]),
+    ("sweeps.parameterisations", ["spp"], ["sweeps.parameterisations[0]",
+                                           "unknown parameterisation 'spp'",
+                                           "did you mean 'sp'"]),
+    ("arms", [{"name": "x", "parameterisation": "mupp"}], ["arms[0].parameterisation",
+                                                          "did you mean 'mup'"]),
+    ("sweeps.axes", {"widht": [64]}, ["sweeps.axes.widht", "did you mean 'width'"]),
+    ("targets.models", ["tagret"], ["targets.models[0]", "did you mean 'target'"]),
+    ("arms", [{"name": "a"}, {"name": "a"}], ["arms[1].name", "used twice"]),
 ])
 def test_each_malformed_spec_names_key_value_and_what_is_allowed(demo, key, value, expected):
     text = problems(set_key(demo, key, value))
     for fragment in expected:
         assert fragment in text, (fragment, text)
+
+
+def test_an_arm_using_an_unswept_table_for_its_global_optimum_is_refused(demo):
+    raw = set_key(demo, "sweeps", {"grid": {"lr": [0.01, 0.02]}})
+    raw["arms"] = [{"name": "sp", "parameterisation": "sp"}]
+    assert "not swept" in problems(raw)
+    raw["sweeps"]["parameterisations"] = ["sp"]
+    build_spec(raw)  # fine once sp is swept
+
+
+def test_spec_tables_can_be_swept_and_used_by_arms(demo):
+    raw = set_key(demo, "tables", {"cdp_wd_depth": {"rules": {"hidden": {
+        "weight_decay": {"depth": "1 - alpha"}}}}})
+    raw["sweeps"] = {"grid": {"lr": [0.01]}, "parameterisations": ["cdp_wd_depth"]}
+    raw["arms"] = [{"name": "ablation", "parameterisation": "cdp_wd_depth"}]
+    spec = build_spec(raw)
+    from cp.plan import arm_run, sweep_runs
+
+    assert {r.tags["parameterisation"] for r in sweep_runs(spec)} == {"completed_p",
+                                                                      "cdp_wd_depth"}
+    run = arm_run(spec, spec.arms[0], "target", 0, {"cdp_wd_depth": {"values": {}}}, None)
+    assert run.config.table().name == "cdp_wd_depth"
+    assert "tables.sp" in problems(set_key(demo, "tables", {"sp": {"base": "mup"}}))
 
 
 def test_missing_required_model_field(demo):
