@@ -1,0 +1,29 @@
+"""Random search: uniform points in the box around the global optimum (the first trial is the
+global optimum itself, so the search's best is never worse than where it started)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Searcher
+from .space import SearchSpace
+
+
+class RandomSearch(Searcher):
+    name = "random"
+
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        super().__init__(space, seed)
+        self.rng = np.random.default_rng(seed)
+
+    def propose(self) -> list[float]:
+        if not self.trials:
+            return self.space.center()
+        r = self.space.radius
+        return self.rng.uniform(-r, r, size=self.space.dim).tolist()
+
+    def extra_state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,19 @@
+"""Run functions for launcher tests. They live in a module (not a test function) so that the
+launcher's spawned worker processes can import them."""
+
+import os
+from pathlib import Path
+
+from cp.config import RunConfig, RunResult
+from cp.launch import execute
+
+CRASH_LR = 0.0123   # a run with this lr raises before training
+DIE_LR = 0.0456     # a run with this lr kills its worker process
+
+
+def crashing(cfg: RunConfig, run_dir: Path, threads: int = 0) -> RunResult:
+    if cfg.hps.lr == CRASH_LR:
+        raise RuntimeError("injected crash")
+    if cfg.hps.lr == DIE_LR:
+        os._exit(3)
+    return execute(cfg, run_dir, threads)

@@ -1,0 +1,93 @@
+"""The launcher: finished runs are never trained again, a crash is a recorded result, the batch
+goes on."""
+
+import dataclasses
+import json
+
+import pytest
+
+from cp.config import load_result
+from cp.launch import EVENTS_FILE, launch
+from cp.plan import PlannedRun
+from cp.scaling import HPs
+from cp.spec import LauncherSpec
+from cp.study import Study
+from tests.launch_helpers import CRASH_LR, DIE_LR, crashing
+
+
+def planned(tiny, lr, **tags):
+    return PlannedRun(tiny(hps=HPs(lr=lr)), {"lr": lr, **tags})
+
+
+def events(study, run_id):
+    path = study.run_dir(run_id) / EVENTS_FILE
+    return [json.loads(line)["event"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["inline", "local"])
+def test_runs_with_results_are_skipped_and_duplicates_run_once(tiny, tmp_path, kind):
+    study = Study(tmp_path)
+    runs = [planned(tiny, 0.01), planned(tiny, 0.01, again=True), planned(tiny, 0.003)]
+    launcher = LauncherSpec(kind=kind, workers=2)
+    first = launch(runs, study, launcher, "t", echo=lambda m: None)
+    assert len(first) == 2 and all(r.ok for r in first.values())
+    lines = []
+    again = launch(runs, study, launcher, "t", echo=lines.append)
+    assert {k: v.final_val_loss for k, v in again.items()} == {
+        k: v.final_val_loss for k, v in first.items()}
+    assert "already have results" in lines[-1]
+    for rid in first:
+        assert events(study, rid) == ["start", "finish"]  # trained exactly once
+
+
+@pytest.mark.parametrize("kind", ["inline", "local"])
+def test_a_crashing_run_is_recorded_as_failed_and_the_rest_complete(tiny, tmp_path, kind):
+    study = Study(tmp_path)
+    runs = [planned(tiny, CRASH_LR), planned(tiny, 0.01)]
+    results = launch(runs, study, LauncherSpec(kind=kind, workers=2), "t",
+                     echo=lambda m: None, fn=crashing)
+    crashed, fine = results[runs[0].run_id], results[runs[1].run_id]
+    assert crashed.status == "failed" and "injected crash" in crashed.reason
+    assert fine.ok
+    assert load_result(study.run_dir(runs[0].run_id)).status == "failed"  # on disk
+
+
+def test_a_dying_worker_is_retried_once_then_recorded(tiny, tmp_path):
+    study = Study(tmp_path)
+    runs = [planned(tiny, DIE_LR), planned(tiny, 0.01), planned(tiny, 0.003)]
+    lines = []
+    results = launch(runs, study, LauncherSpec(kind="local", workers=2), "t",
+                     echo=lines.append, fn=crashing)
+    assert results[runs[0].run_id].status == "failed"
+    assert "died twice" in results[runs[0].run_id].reason
+    assert results[runs[1].run_id].ok and results[runs[2].run_id].ok
+    assert any("worker process died" in line for line in lines)
+
+
+def test_retry_failed_trains_failed_runs_again(tiny, tmp_path):
+    study = Study(tmp_path)
+    run = planned(tiny, 0.01)
+    launch([run], study, LauncherSpec(kind="inline"), "t", echo=lambda m: None,
+           fn=lambda cfg, d, t: (_ for _ in ()).throw(OSError("disk full")))
+    assert load_result(study.run_dir(run.run_id)).status == "failed"
+    kept = launch([run], study, LauncherSpec(kind="inline"), "t", echo=lambda m: None)
+    assert kept[run.run_id].status == "failed"          # a failure is a result ...
+    retried = launch([run], study, LauncherSpec(kind="inline", retry_failed=True), "t",
+                     echo=lambda m: None)
+    assert retried[run.run_id].ok                       # ... until asked to retry
+
+
+def test_progress_lines_count_runs_and_give_an_eta(tiny, tmp_path):
+    lines = []
+    runs = [planned(tiny, lr) for lr in (0.003, 0.01)]
+    launch(runs, Study(tmp_path), LauncherSpec(kind="inline"), "sweep", echo=lines.append)
+    assert lines[0].startswith("[sweep] 2 runs to train")
+    assert "[sweep] 1/2 runs" in lines[1] and "ETA" in lines[1]
+    assert "[sweep] 2/2 runs" in lines[2]
+
+
+def test_a_runs_progress_says_what_it_is(tiny, tmp_path):
+    lines = []
+    run = dataclasses.replace(planned(tiny, 0.01), tags={"axis": "width", "axis_value": 64})
+    launch([run], Study(tmp_path), LauncherSpec(kind="inline"), "sweep", echo=lines.append)
+    assert "axis=width axis_value=64" in lines[-1]

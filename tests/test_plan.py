@@ -1,0 +1,55 @@
+"""Expanding a spec's stages into runs."""
+
+from pathlib import Path
+
+import yaml
+
+from cp.plan import arm_run, plan, sweep_runs
+from cp.scaling import Multipliers
+from cp.spec import ArmSpec, build_spec
+
+SMOKE = yaml.safe_load((Path(__file__).parent.parent / "specs" / "smoke.yaml").read_text())
+
+
+def test_sweep_covers_the_grid_for_each_table_and_each_axis_value():
+    spec = build_spec(SMOKE)
+    runs = sweep_runs(spec)
+    n_lr = len(spec.sweeps.grid["lr"])
+    tables = 1 + len(spec.sweeps.parameterisations)
+    n_axis = sum(len(v) for v in spec.sweeps.axes.values())
+    assert len(runs) == tables * n_lr * (1 + n_axis) * len(spec.sweeps.seeds)
+    for r in runs:
+        assert r.config.hps.lr == r.tags["lr"]
+        if r.tags["axis"] == "width":
+            assert r.config.scale.width == r.tags["axis_value"]
+
+
+def test_identical_runs_resolve_to_one_id():
+    spec = build_spec(SMOKE)
+    runs = sweep_runs(spec)
+    # At the base scale every table gives the base HPs: SP and Complete(d)P share those runs,
+    # and the width axis at the base width repeats the base grid.
+    assert len({r.run_id for r in runs}) == len(spec.sweeps.grid["lr"]) * 3
+
+
+def test_arms_take_the_selected_optimum_and_the_searched_multipliers():
+    spec = build_spec(SMOKE)
+    selected = {"completed_p": {"values": {"lr": 0.02}}}
+    mult = Multipliers(per_type={"lr": {"attn_q": 2.0}})
+    g = arm_run(spec, ArmSpec(name="global"), "target", 0, selected, mult)
+    pm = arm_run(spec, ArmSpec(name="pm", multipliers="search"), "target", 0, selected, mult)
+    assert g.config.hps.lr == pm.config.hps.lr == 0.02
+    assert g.config.multipliers == Multipliers() and pm.config.multipliers == mult
+    assert g.run_id != pm.run_id
+    assert g.config.scale == spec.models["target"].scale()
+
+
+def test_plan_counts_runs_and_tokens_per_stage():
+    spec = build_spec(SMOKE)
+    stages = {p.stage: p for p in plan(spec)}
+    assert list(stages) == ["check", "sweep", "select", "search", "transfer", "target",
+                            "report"]
+    assert stages["sweep"].runs == len({r.run_id for r in sweep_runs(spec)})
+    assert stages["search"].runs == spec.search.trials + 2 * len(spec.search.reeval_seeds)
+    target = spec.models["target"]
+    assert stages["target"].tokens == len(spec.arms) * target.tokens
