@@ -41,26 +41,13 @@ def _fmt(x: Optional[float]) -> str:
     return f"{x:.4g}"
 
 
-def _scale_dict(scale) -> dict:
-    return {"width": scale.width, "depth": scale.depth, "batch": scale.batch,
-            "tokens": scale.tokens, "seq_len": scale.seq_len}
-
-
 # ---------------------------------------------------------------------------------------------
 # describe
 
 
 def describe_json(spec: Spec, model: str) -> dict:
     """The stable contract of ``cpt describe --json``."""
-    run = _run_config(spec, model)
-    table = run.table()
-    return {
-        "parameterisation": table.name,
-        "alpha": table.alpha,
-        "scale": _scale_dict(run.scale),
-        "base_scale": _scale_dict(run.base_scale),
-        "groups": [{k: v for k, v in s.as_dict().items()} for s in run.settings()],
-    }
+    return _run_config(spec, model).describe()
 
 
 def _run_config(spec: Spec, model: str):
@@ -109,16 +96,16 @@ def cmd_describe(args) -> int:
     run = _run_config(spec, args.model)
     m = scale_multipliers(run.base_scale, run.scale)
     con = _console()
-    n = count_params(run.model_config(256))
+    n = count_params(run.model_config(spec.data.vocab_size or 256))
     con.print(f"[bold]{spec.name}[/] / model [bold]{args.model}[/]: "
               f"{info['parameterisation']} (alpha={info['alpha']:g}), "
-              f"~{n / 1e6:.2f}M params (byte vocab), {run.scale.steps} steps")
+              f"~{n / 1e6:.2f}M params, {run.scale.steps} steps")
     scale_tab = Table(show_header=True, header_style="bold")
     for col in ("", "width", "depth", "batch", "tokens", "seq_len", "tokens/step"):
         scale_tab.add_column(col, justify="right")
-    for label, sc in (("base (" + spec.base + ")", run.base_scale), (args.model, run.scale)):
-        scale_tab.add_row(label, *(str(v) for v in _scale_dict(sc).values()),
-                          str(sc.tokens_per_step))
+    for label, key in (("base (" + spec.base + ")", "base_scale"), (args.model, "scale")):
+        scale_tab.add_row(label, *(str(v) for v in info[key].values()),
+                          str(getattr(run, key).tokens_per_step))
     scale_tab.add_row("multiplier", f"m_N={m['width']:g}", f"m_L={m['depth']:g}",
                       f"m_B={m['batch']:g}", f"m_D={m['horizon']:g}", "",
                       f"rho={m['batch'] / m['horizon']:g}")
@@ -270,6 +257,63 @@ def cmd_coord_check(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# spec check, plan, stage
+
+
+def cmd_spec_check(args) -> int:
+    spec = _load(args)
+    n_runs = sum(p.runs for p in _plan(spec))
+    print(f"{args.spec}: ok -- study {spec.name!r}, models {', '.join(spec.models)}, base "
+          f"{spec.base}, {spec.parameterisation.name}; {n_runs} training runs planned")
+    return 0
+
+
+def cmd_spec_docs(args) -> int:
+    from .spec_docs import reference
+
+    print(reference())
+    return 0
+
+
+def _plan(spec: Spec):
+    from .plan import plan
+
+    return plan(spec)
+
+
+def cmd_plan(args) -> int:
+    spec = _load(args)
+    from rich.table import Table
+
+    tab = Table(title=f"plan of study {spec.name!r}", header_style="bold")
+    for col in ("stage", "runs", "tokens", "notes"):
+        tab.add_column(col, justify="left" if col in ("stage", "notes") else "right")
+    total_runs = total_tokens = 0
+    for p in _plan(spec):
+        tab.add_row(p.stage, str(p.runs) if p.runs else "-",
+                    f"{p.tokens / 1e6:,.1f}M" if p.tokens else "-", p.note)
+        total_runs += p.runs
+        total_tokens += p.tokens
+    tab.add_row("[bold]total", f"[bold]{total_runs}", f"[bold]{total_tokens / 1e6:,.1f}M", "")
+    _console().print(tab)
+    return 0
+
+
+def cmd_stage(args) -> int:
+    spec = _load(args)
+    from .stages import StageFailed, run_stage
+    from .study import Study
+
+    study = Study.at(args.results, spec.name)
+    try:
+        run_stage(args.stage, spec, study, echo=lambda m: print(m, flush=True))
+    except StageFailed as e:
+        print(f"cpt: stage {args.stage} failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,6 +360,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, default=None)
     c.add_argument("-v", "--verbose", action="store_true", help="also list unjudged slopes")
     c.set_defaults(fn=cmd_coord_check)
+
+    sc = sub.add_parser("spec", help="Spec utilities.")
+    sc_sub = sc.add_subparsers(dest="spec_command", required=True)
+    chk = sc_sub.add_parser("check", help="Validate a spec (exit 2 with every problem).")
+    chk.add_argument("spec")
+    chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    chk.set_defaults(fn=cmd_spec_check)
+
+    docs = sc_sub.add_parser("docs", help="Print the spec reference (Markdown).")
+    docs.set_defaults(fn=cmd_spec_docs)
+
+    pl = spec_cmd("plan", "Print each stage with its run count and training tokens.")
+    pl.set_defaults(fn=cmd_plan)
+
+    from .stages import STAGES
+
+    st = sub.add_parser("stage", help="Run one stage of a study (what Snakemake calls).")
+    st.add_argument("stage", choices=STAGES)
+    st.add_argument("spec")
+    st.add_argument("--results", default="results", help="results root (default: results)")
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    st.set_defaults(fn=cmd_stage)
     return p
 
 

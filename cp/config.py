@@ -200,6 +200,16 @@ class RunConfig:
             "seed": self.seed,
         }
 
+    def describe(self) -> dict[str, Any]:
+        """The resolved settings in the stable format of ``cpt describe --json``."""
+        def scale(s: Scale) -> dict[str, int]:
+            return {k: getattr(s, k) for k in ("width", "depth", "batch", "tokens", "seq_len")}
+
+        table = self.table()
+        return {"parameterisation": table.name, "alpha": table.alpha,
+                "scale": scale(self.scale), "base_scale": scale(self.base_scale),
+                "groups": [s.as_dict() for s in self.settings()]}
+
     def run_id(self) -> str:
         blob = json.dumps(self.resolved(), sort_keys=True, default=repr)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,60 @@
+# The study pipeline. One rule per stage; each rule runs a whole stage (a batch of runs) through
+# `cpt stage`, so a sweep of 200 runs is one job, not 200 Python start-ups.
+#
+#   snakemake --profile profiles/local                             # the demo study
+#   snakemake --profile profiles/local --config spec=specs/x.yaml  # another study
+#
+# Config keys (the profile's config file, overridable with --config): spec, results, and
+# `overrides`, a mapping of spec keys the profile sets (launcher, tracking...).
+
+import shlex
+import sys
+
+from cp.spec import SpecError, load_spec
+
+SPEC = config.get("spec", "specs/demo.yaml")
+RESULTS = config.get("results", "results")
+
+
+def _flatten(prefix, value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(f"{prefix}.{k}" if prefix else k, v)
+    else:
+        yield f"{prefix}={value}"
+
+
+OVERRIDES = list(_flatten("", config.get("overrides") or {}))
+try:
+    STUDY_SPEC = load_spec(SPEC, overrides=OVERRIDES)
+except SpecError as e:
+    sys.stderr.write(e.format() + "\n")
+    raise WorkflowError(f"invalid spec {SPEC}") from None
+
+STUDY = f"{RESULTS}/{STUDY_SPEC.name}"
+# The interpreter running Snakemake has cp installed; no dependence on PATH.
+CPT = shlex.quote(sys.executable) + " -m cp.cli stage {stage} " + shlex.quote(SPEC) + " --results " + shlex.quote(RESULTS) + "".join(
+    " --set " + shlex.quote(o) for o in OVERRIDES)
+
+
+def cpt(stage):
+    return CPT.format(stage=stage)
+
+
+include: "workflow/rules/check.smk"
+include: "workflow/rules/sweep.smk"
+include: "workflow/rules/select.smk"
+include: "workflow/rules/search.smk"
+include: "workflow/rules/transfer.smk"
+include: "workflow/rules/target.smk"
+include: "workflow/rules/report.smk"
+
+
+onsuccess:
+    print(f"\nstudy {STUDY_SPEC.name} done: report at {STUDY}/report/report.md\n")
+
+
+rule all:
+    input:
+        f"{STUDY}/report/report.md",
+    default_target: True

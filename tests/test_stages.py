@@ -1,0 +1,69 @@
+"""Stages run directly (inline launcher): a diverged run is a recorded result and the study
+goes on; the guard stops a failing parameterisation; transfer writes the settings."""
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from cp.spec import build_spec
+from cp.stages import StageFailed, run_stage
+from cp.study import Study
+
+SMOKE = yaml.safe_load((Path(__file__).parent.parent / "specs" / "smoke.yaml").read_text())
+
+
+def spec_with(**changes):
+    raw = json.loads(json.dumps(SMOKE))
+    for dotted, value in changes.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+    raw["launcher"] = {"kind": "inline"}
+    return build_spec(raw)
+
+
+def quiet(_):
+    pass
+
+
+def test_a_diverged_sweep_point_is_recorded_and_the_optimum_ignores_it(tmp_path):
+    spec = spec_with(sweeps__grid={"lr": [0.003, 0.01, 1000.0]}, sweeps__axes={},
+                     sweeps__parameterisations=[])
+    study = Study(tmp_path / "s")
+    rows = run_stage("sweep", spec, study, echo=quiet)
+    by_lr = {r["lr"]: r for r in rows}
+    assert by_lr[1000.0]["diverged"] and by_lr[1000.0]["loss"] == math.inf
+    assert by_lr[0.01]["status"] == "completed"
+    selected = run_stage("select", spec, study, echo=quiet)
+    assert 0.003 <= selected["completed_p"]["values"]["lr"] <= 0.03
+
+
+def test_the_check_stops_a_failing_parameterisation_with_the_plot_path(tmp_path):
+    spec = spec_with(parameterisation={"name": "sp"})
+    study = Study(tmp_path / "s")
+    with pytest.raises(StageFailed, match=r"coordinate check failed for sp: .*coord_check\.png"):
+        run_stage("check", spec, study, echo=quiet)
+    assert not study.check_verdict.exists()
+
+
+def test_transfer_writes_each_target_arms_settings_for_another_trainer(tmp_path):
+    spec = spec_with(sweeps__grid={"lr": [0.003, 0.01]}, sweeps__axes={},
+                     sweeps__parameterisations=[], search__trials=2, search__reeval_seeds=[1])
+    study = Study(tmp_path / "s")
+    for stage in ("sweep", "select", "search", "transfer"):
+        run_stage(stage, spec, study, echo=quiet)
+    for arm in ("global", "per_module"):
+        settings = json.loads((study.transfer_dir("target", arm) / "settings.json").read_text())
+        assert settings["scale"]["width"] == spec.models["target"].width
+        assert {g["group"] for g in settings["groups"]} >= {"embedding", "attn_q",
+                                                            "unembedding"}
+    best = json.loads(study.search_best.read_text())
+    assert best["trials"] == 2 and best["reeval"]["seeds"] == [1]
+    trials = pl.read_parquet(study.search_dir / "trials.parquet")
+    assert len(trials.filter(pl.col("purpose") == "explore")) == 2

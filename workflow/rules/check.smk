@@ -1,0 +1,10 @@
+# Stage 1: the coordinate check guards the study. A failing parameterisation stops the DAG
+# here, with the plot's path in the error.
+rule check:
+    input:
+        SPEC,
+    output:
+        f"{STUDY}/check/verdict.json",
+    threads: workflow.cores
+    shell:
+        cpt("check")
