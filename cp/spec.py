@@ -26,6 +26,7 @@ from .coord import CoordConfig
 from .data import DataConfig
 from .scaling import HPs, Multipliers, Scale
 from .schedule import ScheduleConfig
+from .search.trrs import TRRSConfig
 from .validate import Problem, SpecError, coerce, semantic_checks
 
 
@@ -103,24 +104,35 @@ class SearchSpec:
 
     enabled: bool = True
     """Run the search (arms with ``multipliers: search`` need it)."""
-    algorithm: Literal["random"] = "random"
-    """Search algorithm."""
+    algorithm: Literal["trrs", "random", "tpe", "cmaes"] = "trrs"
+    """``trrs`` (trust-region random search, the paper's), ``random``, or Optuna's ``tpe`` /
+    ``cmaes``."""
     kinds: list[str] = field(default_factory=lambda: ["lr"])
-    """HP kinds that get per-module multipliers."""
+    """HP kinds that get per-module multipliers (``multiplier`` on ``branch_out`` is the
+    residual-branch multiplier)."""
     groups: list[str] = field(default_factory=list)
-    """Module groups (types) searched, group sets allowed; empty: every group of the model."""
+    """Module groups (types) searched, group sets allowed; empty: every group of the model.
+    Groups where a kind cannot act (init_std of a norm gain, a kind whose base value is 0)
+    are left out."""
+    groups_per_kind: dict[str, list[str]] = field(default_factory=dict)
+    """Kind -> groups, for kinds that search other groups than ``groups`` (e.g.
+    ``multiplier: [branch_out]``)."""
     per_layer: bool = True
     """Also search one factor per layer and kind (the paper's type x depth factorisation)."""
     log2_radius: float = 2.0
     """Multipliers are searched within 2^-radius .. 2^radius of the global optimum."""
     trials: int = 16
-    """Trial budget (training runs of the base model), re-evaluations not counted."""
+    """Budget: training runs of the base model, re-evaluations inside the search included
+    (the final re-evaluation on ``reeval_seeds`` is not)."""
     batch: int = 2
     """Trials in flight at once."""
     reeval_seeds: list[int] = field(default_factory=lambda: [1, 2])
-    """Fresh seeds on which the best trial is re-evaluated (its loss spread is reported)."""
+    """Fresh seeds on which the recommended point and the global optimum are re-evaluated at
+    the end (the per-module gain at the proxy, with its seed spread)."""
     seed: int = 0
     """Seed of the search algorithm."""
+    trrs: TRRSConfig = field(default_factory=TRRSConfig)
+    """Settings of trust-region random search."""
 
 
 @dataclass

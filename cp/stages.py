@@ -16,7 +16,7 @@ from .analysis import loss_or_inf, select_optimum
 from .config import RunConfig, RunResult
 from .launch import Launcher, ResultHook, launch
 from .plan import PlannedRun, arm_run, grid_points, search_run, sweep_runs, sweep_tables
-from .scaling import Multipliers
+from .scaling import Multipliers, expand_groups
 from .spec import Spec
 from .study import Study, read_json, write_json, write_parquet, write_text
 
@@ -121,24 +121,35 @@ def run_select(spec: Spec, study: Study, echo: Echo = print) -> dict:
 
 
 def _search_space(spec: Spec):
+    """The per-module space of the spec, without (kind, group) pairs that cannot act: the
+    init scale of a norm gain (initialised to 1), and kinds whose base value is 0 there (a
+    multiple of 0 is 0, e.g. weight decay on gains)."""
     from .config import model_groups
+    from .scaling import GAIN_GROUPS
     from .search import SearchSpace
 
     s = spec.search
-    groups = s.groups or model_groups(spec.arch)
-    return SearchSpace.build(s.kinds, groups, spec.models[spec.base].depth, s.per_layer,
-                             s.log2_radius)
+    groups = model_groups(spec.arch)
+    exclude = {("init_std", g) for g in GAIN_GROUPS}
+    exclude |= {(k, g) for k in s.kinds for g in groups if spec.hps.value(g, k) == 0.0}
+    wanted = s.groups or groups
+    per_kind = {k: [g for g in expand_groups(v) if g in groups]
+                for k, v in s.groups_per_kind.items()}
+    return SearchSpace.build(s.kinds, [g for g in expand_groups(wanted) if g in groups],
+                             spec.models[spec.base].depth, s.per_layer, s.log2_radius,
+                             groups_per_kind=per_kind, exclude=exclude)
 
 
 def _search_loop(spec: Spec, searcher, runner: Launcher, planned, save, echo: Echo) -> None:
-    """Ask, train and tell batches of trials until the budget is told (resumable)."""
+    """Ask, train and tell batches of trials until the budget is spent (resumable)."""
     s = spec.search
     while True:
         batch = [t for t in searcher.trials if t.pending]  # asked before a kill: re-launch
-        n_explored = len(searcher.explored())
-        while len(batch) < s.batch and n_explored < s.trials:
-            batch.append(searcher.ask())
-            n_explored += 1
+        while len(batch) < s.batch and len(searcher.trials) < s.trials:
+            t = searcher.ask()
+            if t is None:  # the searcher waits for results before proposing more
+                break
+            batch.append(t)
         if not batch:
             return
         save()  # the asked points are on disk before their runs start
@@ -148,10 +159,10 @@ def _search_loop(spec: Spec, searcher, runner: Launcher, planned, save, echo: Ec
             t.run_id = pr.run_id
             searcher.tell(t.id, loss_or_inf(results[pr.run_id]))
         save()
-        best = searcher.best()
-        told = sum(not t.pending for t in searcher.explored())
-        echo(f"[search] {told}/{s.trials} trials told; best loss "
-             f"{best.loss if best else math.inf:.4f}")
+        rec = searcher.recommend()
+        echo(f"[search] {len(searcher.trials)}/{s.trials} trials; recommended point's loss "
+             f"{rec[1] if rec else math.inf:.4f}" + (
+                 f", trust radius {searcher.radius:.3g}" if hasattr(searcher, "radius") else ""))
 
 
 def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
@@ -170,12 +181,14 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
     selected = read_json(study.select_file)
     global_values = selected.get(spec.parameterisation.name, {}).get("values", {})
     space = _search_space(spec)
-    searcher = make_searcher(s.algorithm, space, s.seed)
+    trrs = dataclasses.replace(s.trrs, round_size=s.trrs.round_size or s.batch)
+    searcher = make_searcher(s.algorithm, space, s.seed, explore_seed=spec.seed,
+                             workdir=study.search_dir, trrs=trrs)
     state_file = study.search_dir / "state.json"
     if state_file.exists():
         searcher.load_state_dict(read_json(state_file))
-        echo(f"[search] resuming: {len(searcher.explored())} trials asked, "
-             f"{sum(not t.pending for t in searcher.explored())} told")
+        echo(f"[search] resuming: {len(searcher.trials)} trials asked, "
+             f"{sum(not t.pending for t in searcher.trials)} told")
     counts = ", ".join(f"{k}: {c['type']} types + {c['layer']} layers"
                        for k, c in space.counts().items())
     echo(f"[search] {s.algorithm} over {space.dim} log2 multipliers in +-{s.log2_radius} "
@@ -192,13 +205,14 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
                       on_result=on_result, echo=echo)
     with runner:
         _search_loop(spec, searcher, runner, planned, save, echo)
-        best = searcher.best()
-        if best is None:
+        rec = searcher.recommend()
+        if rec is None or not math.isfinite(rec[1]):
             raise StageFailed("search: every trial diverged or failed")
-        # Re-evaluate the best point and the global optimum on the same fresh seeds, so the
-        # per-module gain at the proxy comes with its seed spread.
+        best_x, best_loss = rec
+        # Re-evaluate the recommended point and the global optimum on the same fresh seeds,
+        # so the per-module gain at the proxy comes with its seed spread.
         reeval = {}
-        for label, x in (("best", best.x), ("global", space.center())):
+        for label, x in (("best", best_x), ("global", space.center())):
             runs = [search_run(spec, global_values, space.multipliers(x), seed,
                                {"trial": f"{label}-reeval", "purpose": "reeval"})
                     for seed in s.reeval_seeds]
@@ -208,10 +222,11 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
             reeval[label] = {"seeds": list(s.reeval_seeds), "losses": losses,
                              "mean": statistics.fmean(finite) if finite else math.inf,
                              "std": statistics.stdev(finite) if len(finite) > 1 else 0.0}
-    out = {"status": "done", "algorithm": s.algorithm, "trials": len(searcher.explored()),
-           "best_trial": best.id, "best_loss": best.loss, "x": best.x,
+    best_trial = next((t.id for t in searcher.trials if t.x == list(best_x)), None)
+    out = {"status": "done", "algorithm": s.algorithm, "trials": len(searcher.trials),
+           "best_trial": best_trial, "best_loss": best_loss, "x": best_x,
            "dims": [d.name for d in space.dims],
-           "multipliers": dataclasses.asdict(space.multipliers(best.x)),
+           "multipliers": dataclasses.asdict(space.multipliers(best_x)),
            "global_values": global_values, "reeval": reeval["best"],
            "global_reeval": reeval["global"]}
     write_parquet(study.search_dir / "trials.parquet", [
@@ -221,9 +236,9 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
     write_json(study.search_best, out)
     from .plots import plot_search_progress
 
-    plot_search_progress([t.loss for t in searcher.explored()], study.search_dir /
+    plot_search_progress([t.loss for t in searcher.trials], study.search_dir /
                          "best_so_far.png", title=f"{s.algorithm} search at {spec.base}")
-    echo(f"[search] best trial {best.id}: loss {best.loss:.4f}; re-evaluated "
+    echo(f"[search] recommended point (trial {best_trial}): loss {best_loss:.4f}; re-evaluated "
          f"{reeval['best']['mean']:.4f} +- {reeval['best']['std']:.4f} vs global optimum "
          f"{reeval['global']['mean']:.4f} +- {reeval['global']['std']:.4f} "
          f"(seeds {list(s.reeval_seeds)})")

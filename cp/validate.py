@@ -429,6 +429,27 @@ def stage_checks(spec: dict, problems: list[Problem]) -> None:
         problems.append(Problem("search.kinds", "empty list", ", ".join(HP_KINDS)))
     for i, g in enumerate(search.get("groups") or []):
         _check_group(problems, f"search.groups[{i}]", g)
+    for kind, groups in (search.get("groups_per_kind") or {}).items():
+        if _check_kind(problems, f"search.groups_per_kind.{kind}", kind):
+            for i, g in enumerate(groups or []):
+                _check_group(problems, f"search.groups_per_kind.{kind}[{i}]", g)
+    trrs = search.get("trrs") or {}
+    for k in ("init_radius", "min_radius", "grow"):
+        v = trrs.get(k)
+        if isinstance(v, (int, float)):
+            _check_range(problems, f"search.trrs.{k}", v, v > 0, "> 0")
+    v = trrs.get("shrink")
+    if isinstance(v, (int, float)):
+        _check_range(problems, "search.trrs.shrink", v, 0 < v < 1, "0 < shrink < 1")
+    v = trrs.get("perturb_prob")
+    if isinstance(v, (int, float)):
+        _check_range(problems, "search.trrs.perturb_prob", v, 0 <= v <= 1,
+                     "0 <= perturb_prob <= 1 (0: automatic)")
+    for k in ("round_size", "reeval_top", "reeval_seeds"):
+        v = trrs.get(k)
+        if isinstance(v, int):
+            _check_range(problems, f"search.trrs.{k}", v, v >= (0 if k == "round_size" else 1),
+                         "an integer >= 1" if k != "round_size" else ">= 0 (0: the batch)")
 
     targets = spec.get("targets", {})
     listed = targets.get("models") or []

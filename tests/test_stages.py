@@ -67,3 +67,56 @@ def test_transfer_writes_each_target_arms_settings_for_another_trainer(tmp_path)
     assert best["trials"] == 2 and best["reeval"]["seeds"] == [1]
     trials = pl.read_parquet(study.search_dir / "trials.parquet")
     assert len(trials.filter(pl.col("purpose") == "explore")) == 2
+
+
+class Killed(Exception):
+    """Stands in for the stage process being killed."""
+
+
+def search_spec(algorithm, trials=6):
+    return spec_with(sweeps__grid={}, search__algorithm=algorithm, search__trials=trials,
+                     search__batch=2, search__reeval_seeds=[1])
+
+
+def test_a_search_killed_after_k_trials_resumes_with_exactly_those_trials(tmp_path):
+    from cp.launch import EVENTS_FILE
+
+    spec = search_spec("trrs", trials=8)
+    study = Study(tmp_path / "s")
+    run_stage("select", spec, study, echo=quiet)
+    finished = []
+
+    def kill_after_three(pr, result):
+        finished.append(pr.run_id)
+        if len(finished) == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_stage("search", spec, study, on_result=kill_after_three, echo=quiet)
+    state = json.loads((study.search_dir / "state.json").read_text())
+    before = state["trials"]
+    assert len(before) == 3                     # the centre, told; a round of 2, in flight
+    assert [t["loss"] is not None for t in before] == [True, False, False]
+
+    run_stage("search", spec, study, echo=quiet)
+    after = json.loads((study.search_dir / "state.json").read_text())["trials"]
+    assert len([t for t in after if t["purpose"] in ("explore", "reeval")]) == 8
+    for old, new in zip(before, after, strict=False):   # the same trials, in order ...
+        assert (old["x"], old["seed"]) == (new["x"], new["seed"])
+        if old["loss"] is not None:
+            assert old["loss"] == new["loss"]
+    for run_dir in (study.root / "runs").iterdir():        # ... none trained twice
+        events = (run_dir / EVENTS_FILE).read_text().count('"finish"')
+        assert events == 1, run_dir.name
+
+
+@pytest.mark.parametrize("algorithm", ["random", "trrs", "tpe", "cmaes"])
+def test_every_search_algorithm_runs_in_the_search_stage(algorithm, tmp_path):
+    spec = search_spec(algorithm, trials=4)
+    study = Study(tmp_path / "s")
+    run_stage("select", spec, study, echo=quiet)
+    best = run_stage("search", spec, study, echo=quiet)
+    assert best["algorithm"] == algorithm and best["trials"] == 4
+    assert math.isfinite(best["reeval"]["mean"]) and math.isfinite(best["global_reeval"]["mean"])
+    trials = pl.read_parquet(study.search_dir / "trials.parquet")
+    assert len(trials) == 4 and trials["loss"].is_finite().all()

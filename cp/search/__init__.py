@@ -1,18 +1,37 @@
-"""Per-module HP search: a factorised search space and ask/tell searchers with persisted state."""
+"""Per-module HP search: a factorised search space and ask/tell searchers with persisted state.
 
-from .base import Searcher, Trial
+Searchers: ``trrs`` (trust-region random search, the paper's), ``random``, and Optuna's ``tpe``
+and ``cmaes``, all starting from the global optimum and all driven the same way.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+from .base import Proposal, Searcher, Trial
 from .random import RandomSearch
 from .space import Dim, SearchSpace
+from .trrs import TRRS, TRRSConfig
 
-#: Searchers by the name a spec uses.
-ALGORITHMS: dict[str, type[Searcher]] = {"random": RandomSearch}
-
-
-def make_searcher(algorithm: str, space: SearchSpace, seed: int = 0) -> Searcher:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown search algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
-    return ALGORITHMS[algorithm](space, seed)
+ALGORITHMS = ("trrs", "random", "tpe", "cmaes")
 
 
-__all__ = ["ALGORITHMS", "Dim", "RandomSearch", "SearchSpace", "Searcher", "Trial",
-           "make_searcher"]
+def make_searcher(algorithm: str, space: SearchSpace, seed: int = 0, explore_seed: int = 0,
+                  workdir: Optional[Path] = None,
+                  trrs: Optional[TRRSConfig] = None) -> Searcher:
+    """A searcher by name. ``workdir`` holds files a searcher persists besides its state
+    (Optuna's journal)."""
+    if algorithm == "random":
+        return RandomSearch(space, seed, explore_seed)
+    if algorithm == "trrs":
+        return TRRS(space, seed, explore_seed, trrs)
+    if algorithm in ("tpe", "cmaes"):
+        from .optuna_samplers import CMAES, TPE
+
+        cls = TPE if algorithm == "tpe" else CMAES
+        journal = Path(workdir) / f"optuna-{algorithm}.journal" if workdir else None
+        return cls(space, seed, explore_seed, journal)
+    raise ValueError(f"unknown search algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+
+
+__all__ = ["ALGORITHMS", "TRRS", "Dim", "Proposal", "RandomSearch", "SearchSpace", "Searcher",
+           "TRRSConfig", "Trial", "make_searcher"]

@@ -1,10 +1,11 @@
 """The ask/tell interface every searcher implements, and the trial record.
 
 A searcher proposes points of a `SearchSpace` (``ask``) and learns their losses (``tell``).
-Several trials may be asked before any is told (a batch in flight). Diverged runs are told
-with ``loss = inf``: the landscape has cliffs, and a proposal past one is a failure, not an
-error. Everything a searcher knows is in ``state_dict()`` (JSON-serialisable), so a killed
-search resumes exactly.
+Several trials may be in flight at once; a searcher that needs results before it can propose
+more (TRRS between rounds) returns None from ``ask``. Diverged runs are told with ``loss =
+inf``: the landscape has cliffs, and a proposal past one is a failure, not an error.
+Everything a searcher knows is in ``state_dict()`` (JSON-serialisable, plus files it names),
+so a killed search resumes with exactly the trials it had.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Trial:
     seed: int
     """Seed of the training run (re-evaluations use fresh seeds)."""
     purpose: str = "explore"
-    """``explore`` (counts against the budget) or ``reeval`` (a re-evaluation)."""
+    """``explore`` (a new point) or ``reeval`` (a known point on another seed)."""
     loss: Optional[float] = None
     """Final validation loss once told; inf for a diverged or failed run."""
     run_id: Optional[str] = None
@@ -37,40 +38,64 @@ class Trial:
         return asdict(self)
 
 
+@dataclass
+class Proposal:
+    x: list[float]
+    seed: int
+    purpose: str = "explore"
+
+
 class Searcher:
-    """Base class: keeps the trials, hands out ids; subclasses decide where to look."""
+    """Base class: keeps the trials and the bookkeeping; subclasses decide where to look.
+
+    ``explore_seed`` is the training seed of exploration trials: every candidate is trained
+    with the same seed (common random numbers make losses comparable), re-evaluations use
+    other seeds.
+    """
 
     name = "base"
 
-    def __init__(self, space: SearchSpace, seed: int = 0):
+    def __init__(self, space: SearchSpace, seed: int = 0, explore_seed: int = 0):
         self.space = space
         self.seed = seed
+        self.explore_seed = explore_seed
         self.trials: list[Trial] = []
 
     # -- the interface ---------------------------------------------------------------------
-    def ask(self) -> Trial:
-        """A new trial to evaluate."""
-        x = self.propose()
-        assert self.space.contains(x), "searcher proposed a point outside the bounds"
-        t = Trial(id=len(self.trials), x=list(x), seed=self.trial_seed())
+    def ask(self) -> Optional[Trial]:
+        """A new trial to evaluate, or None while the searcher waits for results."""
+        p = self.propose()
+        if p is None:
+            return None
+        if not self.space.contains(p.x):
+            raise AssertionError(f"{self.name} proposed a point outside the bounds")
+        t = Trial(id=len(self.trials), x=[float(v) for v in p.x], seed=p.seed,
+                  purpose=p.purpose)
         self.trials.append(t)
+        self.asked(t)
         return t
 
     def tell(self, trial_id: int, loss: float) -> None:
         """Record the loss of a trial (inf or nan for a diverged/failed run)."""
         t = self.trials[trial_id]
-        t.loss = loss if math.isfinite(loss) else math.inf
+        t.loss = float(loss) if math.isfinite(loss) else math.inf
         self.observe(t)
 
+    def recommend(self) -> Optional[tuple[list[float], float]]:
+        """The point the searcher would bet on, and its estimated loss (default: the explored
+        trial with the lowest loss)."""
+        b = self.best()
+        return (b.x, b.loss) if b else None
+
     # -- for subclasses --------------------------------------------------------------------
-    def propose(self) -> list[float]:
+    def propose(self) -> Optional[Proposal]:
         raise NotImplementedError
+
+    def asked(self, trial: Trial) -> None:
+        """React to a trial handed out (default: nothing)."""
 
     def observe(self, trial: Trial) -> None:
         """React to a told trial (default: nothing)."""
-
-    def trial_seed(self) -> int:
-        return self.seed
 
     def extra_state(self) -> dict:
         return {}

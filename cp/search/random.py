@@ -3,24 +3,26 @@ global optimum itself, so the search's best is never worse than where it started
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
-from .base import Searcher
+from .base import Proposal, Searcher
 from .space import SearchSpace
 
 
 class RandomSearch(Searcher):
     name = "random"
 
-    def __init__(self, space: SearchSpace, seed: int = 0):
-        super().__init__(space, seed)
+    def __init__(self, space: SearchSpace, seed: int = 0, explore_seed: int = 0):
+        super().__init__(space, seed, explore_seed)
         self.rng = np.random.default_rng(seed)
 
-    def propose(self) -> list[float]:
+    def propose(self) -> Optional[Proposal]:
         if not self.trials:
-            return self.space.center()
+            return Proposal(self.space.center(), self.explore_seed)
         r = self.space.radius
-        return self.rng.uniform(-r, r, size=self.space.dim).tolist()
+        return Proposal(self.rng.uniform(-r, r, size=self.space.dim).tolist(), self.explore_seed)
 
     def extra_state(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

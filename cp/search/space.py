@@ -10,8 +10,9 @@ at the base model's layers and are interpolated over relative depth for other de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 from ..scaling import BLOCK_GROUPS, Multipliers, expand_groups
 
@@ -38,14 +39,19 @@ class SearchSpace:
 
     @classmethod
     def build(cls, kinds: Sequence[str], groups: Sequence[str], depth: int, per_layer: bool,
-              radius: float) -> SearchSpace:
-        """The space for ``kinds`` x ``groups`` (group sets expanded), plus ``depth`` per-layer
-        factors per kind when ``per_layer``."""
-        groups = expand_groups(groups)
+              radius: float, groups_per_kind: Optional[Mapping[str, Sequence[str]]] = None,
+              exclude: Iterable[tuple[str, str]] = ()) -> SearchSpace:
+        """The space for ``kinds`` x ``groups`` (group sets expanded; ``groups_per_kind``
+        replaces the groups of some kinds; ``exclude`` drops (kind, group) pairs that cannot
+        act), plus ``depth`` per-layer factors per kind when ``per_layer`` and the kind has
+        a block group."""
+        excluded = set(exclude)
         dims = []
         for kind in kinds:
-            dims += [Dim(kind, "type", g) for g in groups]
-            if per_layer and any(g in BLOCK_GROUPS for g in groups):
+            mine = expand_groups((groups_per_kind or {}).get(kind, groups))
+            mine = [g for g in mine if (kind, g) not in excluded]
+            dims += [Dim(kind, "type", g) for g in mine]
+            if per_layer and any(g in BLOCK_GROUPS for g in mine):
                 dims += [Dim(kind, "layer", str(i)) for i in range(depth)]
         return cls(tuple(dims), float(radius))
 
@@ -74,6 +80,8 @@ class SearchSpace:
                 per_type.setdefault(d.kind, {})[d.key] = 2.0 ** v
             else:
                 per_layer.setdefault(d.kind, []).append(2.0 ** v)
+        # A layer factor multiplies every block group of its kind, searched or not; a kind's
+        # layer factors only exist when it has block groups.
         return Multipliers(per_type=per_type, per_layer=per_layer)
 
     def to_dict(self) -> dict:
