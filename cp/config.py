@@ -9,11 +9,12 @@ compile, checkpoint cadence) changes how a run executes, not what it computes, a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -99,6 +100,18 @@ def flops_per_token(cfg: ModelConfig) -> float:
 Exponent = Union[float, str]
 
 
+def _flat(obj: Any) -> dict[str, Any]:
+    """Fields of a flat dataclass (cheaper than dataclasses.asdict, which deep-copies)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+@functools.lru_cache(maxsize=256)
+def _build_table_cached(key: str) -> RuleTable:
+    # Tables are immutable; planning builds the same few for thousands of runs.
+    name, alpha, base, rules = json.loads(key)
+    return build_table(name, alpha=alpha, base=base, rules=rules)
+
+
 @dataclass
 class ParamConfig:
     """Which parameterisation (rule table) scales the HPs, and any exponents overridden."""
@@ -116,9 +129,9 @@ class ParamConfig:
     rho) -> exponent (a number or an expression in alpha such as "alpha - 1")."""
 
     def build(self) -> RuleTable:
-        return build_table(self.name, alpha=self.alpha, base=self.base,
-                           rules={g: {k: dict(a) for k, a in ks.items()}
-                                  for g, ks in self.rules.items()})
+        key = json.dumps([self.name, self.alpha, self.base, self.rules], sort_keys=True,
+                         default=str)
+        return _build_table_cached(key)
 
 
 @dataclass
@@ -191,12 +204,12 @@ class RunConfig:
     def resolved(self) -> dict[str, Any]:
         """What determines this run's numbers, fully resolved (hashed into the run id)."""
         return {
-            "scale": asdict(self.scale),
-            "arch": asdict(self.arch),
+            "scale": _flat(self.scale),
+            "arch": _flat(self.arch),
             "settings": [s.as_dict() for s in self.settings()],
-            "schedule": asdict(self.schedule),
-            "data": asdict(self.data),
-            "train": asdict(self.train),
+            "schedule": _flat(self.schedule),
+            "data": _flat(self.data),
+            "train": _flat(self.train),
             "seed": self.seed,
         }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .rules import BLOCK_GROUPS, GAIN_GROUPS, GROUPS, HP_KINDS, RuleTable, expand_groups
 
@@ -153,7 +153,10 @@ class GroupSettings:
     beta2: float
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # By hand: dataclasses.asdict deep-copies, and run ids hash thousands of these.
+        return {"group": self.group, "layer": self.layer, "init_std": self.init_std,
+                "multiplier": self.multiplier, "lr": self.lr, "eps": self.eps,
+                "weight_decay": self.weight_decay, "beta1": self.beta1, "beta2": self.beta2}
 
 
 def _scaled_beta(beta: float, factor: float, table: RuleTable) -> float:
@@ -185,21 +188,23 @@ def resolve(
         raise ValueError(f"unknown group(s) {sorted(unknown)}; known: {list(GROUPS)}")
     mults = scale_multipliers(base_scale, scale)
     per_layer = {k: multipliers.layer_factors(k, scale.depth) for k in HP_KINDS}
+    # Everything but the per-layer factor is the same for every layer of a group.
+    group_factor = {(g, k): multipliers.type_factor(k, g) * table.factor(g, k, mults)
+                    for g in wanted for k in HP_KINDS}
+    base = {(g, k): base_hps.value(g, k) for g in wanted for k in HP_KINDS}
 
     def settings(group: str, layer: int | None) -> GroupSettings:
         values: dict[str, float | None] = {}
         for kind in HP_KINDS:
-            tuned = multipliers.type_factor(kind, group)
+            factor = group_factor[group, kind]
             if layer is not None:
-                tuned *= per_layer[kind][layer]
-            factor = tuned * table.rule(group, kind).factor(mults, table.alpha)
-            base = base_hps.value(group, kind)
+                factor *= per_layer[kind][layer]
             if kind in ("beta1", "beta2"):
-                values[kind] = _scaled_beta(base, factor, table)
+                values[kind] = _scaled_beta(base[group, kind], factor, table)
             elif kind == "init_std" and group in GAIN_GROUPS:
                 values[kind] = None
             else:
-                values[kind] = base * factor
+                values[kind] = base[group, kind] * factor
         return GroupSettings(group=group, layer=layer, **values)  # type: ignore[arg-type]
 
     out = [settings(g, None) for g in wanted if g == "embedding"]

@@ -14,6 +14,7 @@ expressions in ``alpha``, the residual-branch exponent ("alpha - 1", "-alpha").
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import InitVar, dataclass, replace
@@ -70,7 +71,12 @@ def eval_exponent(expr: Exponent, alpha: float) -> float:
     """
     if isinstance(expr, (int, float)):
         return float(expr)
+    return _eval_expression(str(expr), float(alpha))
 
+
+@functools.lru_cache(maxsize=4096)
+def _eval_expression(expr: str, alpha: float) -> float:
+    # Cached: planning a large study evaluates the same few expressions millions of times.
     def ev(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
             return ev(node.body)
@@ -211,6 +217,19 @@ class RuleTable:
 
     def rule(self, group: str, kind: str) -> Rule:
         return self.rows.get(group, {}).get(kind, Rule())
+
+    @functools.cached_property
+    def _exponents(self) -> dict[tuple[str, str], tuple[tuple[str, float], ...]]:
+        # Numeric, non-zero exponents per (group, kind), evaluated once per table.
+        return {(g, k): tuple((a, e) for a, e in self.rule(g, k).values(self.alpha).items()
+                              if e) for g in GROUPS for k in HP_KINDS}
+
+    def factor(self, group: str, kind: str, mults: Mapping[str, float]) -> float:
+        """The transfer factor of (group, kind) for scale multipliers ``mults``."""
+        f = 1.0
+        for axis, e in self._exponents[group, kind]:
+            f *= mults[axis] ** e
+        return f
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Mapping[str, Exponent]]],
                        *, name: str | None = None, alpha: float | None = None) -> RuleTable:
