@@ -60,7 +60,30 @@ def sweep_tables(spec: Spec) -> list[str]:
 
 
 def sweep_runs(spec: Spec) -> list[PlannedRun]:
-    """The base-model grid for every swept table, then the axes grid along each axis."""
+    """The base-model grid for every swept table, the axes grid along each axis, then the
+    extra blocks. Tags: block (``main`` or the block's name), axis, axis_value,
+    parameterisation, seed and the grid values."""
+    runs = _main_sweep(spec)
+    base_scale = spec.models[spec.base].scale()
+    for block in spec.sweeps.extra:
+        for table in block.parameterisations:
+            pcfg = table_config(spec, table)
+            for axis, values in block.axes.items():
+                for value in values:
+                    scale = dataclasses.replace(base_scale, **{axis: value})
+                    for point in grid_points(block.grid):
+                        for seed in block.seeds:
+                            cfg = spec.run_config(spec.base, scale=scale,
+                                                  parameterisation=pcfg,
+                                                  hps=with_values(spec.hps, point), seed=seed)
+                            runs.append(PlannedRun(cfg, {
+                                "stage": "sweep", "block": block.name, "axis": axis,
+                                "axis_value": value, "parameterisation": table, "seed": seed,
+                                **point}))
+    return runs
+
+
+def _main_sweep(spec: Spec) -> list[PlannedRun]:
     sw = spec.sweeps
     if not sw.grid:
         return []
@@ -72,7 +95,7 @@ def sweep_runs(spec: Spec) -> list[PlannedRun]:
             for seed in sw.seeds:
                 cfg = spec.run_config(spec.base, parameterisation=pcfg,
                                       hps=with_values(spec.hps, point), seed=seed)
-                runs.append(PlannedRun(cfg, {"stage": "sweep", "axis": "base",
+                runs.append(PlannedRun(cfg, {"stage": "sweep", "block": "main", "axis": "base",
                                              "axis_value": None, "parameterisation": table,
                                              "seed": seed, **point}))
         for axis, values in sw.axes.items():
@@ -82,7 +105,8 @@ def sweep_runs(spec: Spec) -> list[PlannedRun]:
                     for seed in sw.seeds:
                         cfg = spec.run_config(spec.base, scale=scale, parameterisation=pcfg,
                                               hps=with_values(spec.hps, point), seed=seed)
-                        runs.append(PlannedRun(cfg, {"stage": "sweep", "axis": axis,
+                        runs.append(PlannedRun(cfg, {"stage": "sweep", "block": "main",
+                                                     "axis": axis,
                                                      "axis_value": value,
                                                      "parameterisation": table, "seed": seed,
                                                      **point}))

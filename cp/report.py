@@ -43,7 +43,7 @@ def transfer_section(spec: Spec, study: Study, lines: list[str]) -> None:
 
     if not study.sweep_table.exists() or not spec.sweeps.axes:
         return
-    df = pl.read_parquet(study.sweep_table)
+    df = pl.read_parquet(study.sweep_table).filter(pl.col("block") == "main")
     kinds = [k for k in spec.sweeps.axes_kinds if k in spec.sweeps.grid]
     lines += ["## Transfer sweeps", "",
               "Final validation loss against the base value of each swept HP, at several "

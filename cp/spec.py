@@ -71,6 +71,24 @@ class CheckSpec(CoordConfig):
 
 
 @dataclass
+class SweepBlock:
+    """An extra transfer sweep with its own tables, axes and grid (e.g. an ablation of one
+    rule: the HP it governs, along the axis it is about, with and without the rule)."""
+
+    name: str
+    """Block name (in tables and the report)."""
+    parameterisations: list[str]
+    """Tables compared (built-in or from ``tables``)."""
+    axes: dict[str, list[int]]
+    """``width``, ``depth``, ``batch`` or ``tokens`` -> values of that field of the base model
+    (include the base value to have it in the curves)."""
+    grid: dict[str, list[float]]
+    """HP kind -> base values swept at every axis value (others stay at the spec's ``hps``)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of every point."""
+
+
+@dataclass
 class SweepSpec:
     """Global HP grids at the base model, and the same grid along the transfer axes."""
 
@@ -87,6 +105,8 @@ class SweepSpec:
     of the base model (the other fields stay). Each value gets the ``axes_kinds`` grid."""
     axes_kinds: list[str] = field(default_factory=lambda: ["lr"])
     """Grid kinds varied along the axes (others stay at the spec's ``hps``)."""
+    extra: list[SweepBlock] = field(default_factory=list)
+    """More transfer sweeps, each with its own tables, axes and grid (ablations)."""
 
 
 @dataclass

@@ -361,6 +361,36 @@ def _check_table_name(problems: list[Problem], key: str, name: str, spec: dict) 
                                 _suggest(name, known), ", ".join(dict.fromkeys(known))))
 
 
+def _check_grid(problems: list[Problem], key: str, grid: dict) -> None:
+    for kind, values in grid.items():
+        if not _check_kind(problems, f"{key}.{kind}", kind) or not isinstance(values, list):
+            continue
+        if not values:
+            problems.append(Problem(f"{key}.{kind}", "empty grid",
+                                    "a list of one or more values"))
+        for i, v in enumerate(values):
+            if isinstance(v, (int, float)):
+                check_hp_value(problems, f"{key}.{kind}[{i}]", kind, v)
+
+
+def _check_axes(problems: list[Problem], key: str, axes: dict, head_dim: Any) -> None:
+    for axis, values in axes.items():
+        akey = f"{key}.{axis}"
+        if axis not in AXIS_FIELDS:
+            problems.append(Problem(akey, f"unknown axis {axis!r}" +
+                                    _suggest(axis, list(AXIS_FIELDS)), ", ".join(AXIS_FIELDS)))
+            continue
+        if not values:
+            problems.append(Problem(akey, "empty list", "one or more values"))
+        for i, v in enumerate(values or []):
+            if not isinstance(v, int):
+                continue
+            _check_range(problems, f"{akey}[{i}]", v, v > 0, "a positive integer")
+            if axis == "width" and isinstance(head_dim, int) and head_dim > 0 and v % head_dim:
+                problems.append(Problem(f"{akey}[{i}]", f"{v} is not a multiple of "
+                                        f"arch.head_dim ({head_dim})"))
+
+
 def stage_checks(spec: dict, problems: list[Problem]) -> None:
     """The stage sections: grids, axes, search budget, targets and arms."""
     models = spec.get("models", {})
@@ -382,38 +412,34 @@ def stage_checks(spec: dict, problems: list[Problem]) -> None:
 
     sweeps = spec.get("sweeps", {})
     grid = sweeps.get("grid") or {}
-    for kind, values in grid.items():
-        key = f"sweeps.grid.{kind}"
-        if not _check_kind(problems, key, kind) or not isinstance(values, list):
-            continue
-        if not values:
-            problems.append(Problem(key, "empty grid", "a list of one or more values"))
-        for i, v in enumerate(values):
-            if isinstance(v, (int, float)):
-                check_hp_value(problems, f"{key}[{i}]", kind, v)
+    _check_grid(problems, "sweeps.grid", grid)
     if isinstance(sweeps.get("seeds"), list) and not sweeps["seeds"]:
         problems.append(Problem("sweeps.seeds", "empty list", "one or more seeds"))
     for i, name in enumerate(sweeps.get("parameterisations") or []):
         _check_table_name(problems, f"sweeps.parameterisations[{i}]", name, spec)
-    for axis, values in (sweeps.get("axes") or {}).items():
-        key = f"sweeps.axes.{axis}"
-        if axis not in AXIS_FIELDS:
-            problems.append(Problem(key, f"unknown axis {axis!r}" +
-                                    _suggest(axis, list(AXIS_FIELDS)), ", ".join(AXIS_FIELDS)))
-            continue
-        if not values:
-            problems.append(Problem(key, "empty list", "one or more values"))
-        for i, v in enumerate(values or []):
-            if not isinstance(v, int):
-                continue
-            _check_range(problems, f"{key}[{i}]", v, v > 0, "a positive integer")
-            if axis == "width" and isinstance(head_dim, int) and head_dim > 0 and v % head_dim:
-                problems.append(Problem(f"{key}[{i}]", f"{v} is not a multiple of "
-                                        f"arch.head_dim ({head_dim})"))
+    _check_axes(problems, "sweeps.axes", sweeps.get("axes") or {}, head_dim)
     for i, kind in enumerate(sweeps.get("axes_kinds") or []):
         if (sweeps.get("axes") or {}) and kind not in grid:
             problems.append(Problem(f"sweeps.axes_kinds[{i}]", f"{kind!r} is not in "
                                     "sweeps.grid", ", ".join(grid) or "(the grid is empty)"))
+
+    names = [b.get("name") for b in sweeps.get("extra") or [] if isinstance(b, dict)]
+    for i, block in enumerate(sweeps.get("extra") or []):
+        key = f"sweeps.extra[{i}]"
+        if names.count(block.get("name")) > 1 or block.get("name") == "main":
+            problems.append(Problem(f"{key}.name", f"block name {block.get('name')!r} is "
+                                    "taken", "unique names other than 'main'"))
+        for j, name in enumerate(block.get("parameterisations") or []):
+            _check_table_name(problems, f"{key}.parameterisations[{j}]", name, spec)
+        if not block.get("parameterisations"):
+            problems.append(Problem(f"{key}.parameterisations", "empty list",
+                                    "one or more table names"))
+        _check_axes(problems, f"{key}.axes", block.get("axes") or {}, head_dim)
+        if not block.get("axes"):
+            problems.append(Problem(f"{key}.axes", "no axis", ", ".join(AXIS_FIELDS)))
+        _check_grid(problems, f"{key}.grid", block.get("grid") or {})
+        if not block.get("grid"):
+            problems.append(Problem(f"{key}.grid", "empty grid", "HP kind -> values"))
 
     search = spec.get("search", {})
     for k in ("trials", "batch"):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cp.plan import arm_run, plan, sweep_runs
@@ -53,3 +54,23 @@ def test_plan_counts_runs_and_tokens_per_stage():
     assert stages["search"].runs == spec.search.trials + 2 * len(spec.search.reeval_seeds)
     target = spec.models["target"]
     assert stages["target"].tokens == len(spec.arms) * target.tokens
+
+
+def test_extra_blocks_sweep_their_own_tables_axes_and_grid():
+    raw = {**SMOKE, "tables": {"cdp_h03": {"rules": {"all": {"lr": {"horizon": -0.3}}}}},
+           "sweeps": {**SMOKE["sweeps"], "extra": [
+               {"name": "horizon", "parameterisations": ["completed_p", "cdp_h03"],
+                "axes": {"tokens": [16_384, 65_536]}, "grid": {"lr": [0.01, 0.03]}}]}}
+    spec = build_spec(raw)
+    block = [r for r in sweep_runs(spec) if r.tags["block"] == "horizon"]
+    assert len(block) == 2 * 2 * 2
+    assert {r.config.scale.tokens for r in block} == {16_384, 65_536}
+    assert {r.tags["parameterisation"] for r in block} == {"completed_p", "cdp_h03"}
+    # At the base horizon both tables give the base HPs: those runs are shared with the main
+    # sweep; 4x the horizon gives the two tables different learning rates.
+    ids = {r.run_id for r in sweep_runs(spec) if r.tags["block"] == "main"}
+    base = [r for r in block if r.config.scale.tokens == 16_384]
+    assert all(r.run_id in ids for r in base)
+    long = {r.tags["parameterisation"]: r.config.settings()[0].lr for r in block
+            if r.config.scale.tokens == 65_536 and r.tags["lr"] == 0.01}
+    assert long["cdp_h03"] / long["completed_p"] == pytest.approx(4 ** 0.2)

@@ -98,6 +98,12 @@ def set_key(raw, dotted, value):
     ("sweeps.axes", {"widht": [64]}, ["sweeps.axes.widht", "did you mean 'width'"]),
     ("targets.models", ["tagret"], ["targets.models[0]", "did you mean 'target'"]),
     ("arms", [{"name": "a"}, {"name": "a"}], ["arms[1].name", "used twice"]),
+    ("sweeps.extra", [{"name": "x", "parameterisations": ["cdp"], "axes": {"depth": [2]},
+                       "grid": {"lr": [0.01]}}], ["sweeps.extra[0].parameterisations[0]",
+                                                  "unknown parameterisation 'cdp'"]),
+    ("sweeps.extra", [{"name": "x", "parameterisations": ["sp"], "axes": {"depht": [2]},
+                       "grid": {"lr": []}}], ["sweeps.extra[0].axes.depht",
+                                              "sweeps.extra[0].grid.lr", "empty grid"]),
 ])
 def test_each_malformed_spec_names_key_value_and_what_is_allowed(demo, key, value, expected):
     text = problems(set_key(demo, key, value))
