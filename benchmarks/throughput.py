@@ -82,34 +82,24 @@ class RefGPT(nn.Module):
                                  lr=lr, betas=(0.9, 0.95), fused=False)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per model")
-    ap.add_argument("--parameterisation", default="completed_p")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-
+def measure(width: int = 256, depth: int = 4, batch: int = 16, seq_len: int = 128,
+            steps: int = 30, rounds: int = 5, parameterisation: str = "completed_p",
+            device: str | None = None) -> dict:
+    """Median step time of ours and of the reference, timed in alternating rounds."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     arch = ArchConfig(head_dim=32, mlp="swiglu", mlp_ratio=3.0, qk_norm=True)
-    scale = Scale(args.width, args.depth, args.batch, args.batch * args.seq_len * 10**6,
-                  args.seq_len)
-    base = Scale(max(64, args.width // 4), max(1, args.depth // 2), args.batch, scale.tokens,
-                 args.seq_len)  # transfer from a smaller base, so multipliers are not all 1
+    scale = Scale(width, depth, batch, batch * seq_len * 10**6, seq_len)
+    base = Scale(max(64, width // 4), max(1, depth // 2), batch, scale.tokens,
+                 seq_len)  # transfer from a smaller base, so multipliers are not all 1
     cfg = RunConfig(scale=scale, base_scale=base, arch=arch)
-    cfg.parameterisation.name = args.parameterisation
+    cfg.parameterisation.name = parameterisation
     data = TokenData(DataConfig())
     settings = cfg.settings()
 
     torch.manual_seed(0)
-    ours = GPT(cfg.model_config(data.vocab_size), settings).to(device)
+    ours = GPT(cfg.model_config(data.vocab_size), settings).to(dev)
     ours_opt, ours_sched = build_optimizer(ours, settings, ScheduleConfig(), 10**9)
-    ref = RefGPT(data.vocab_size, args.width, args.depth, 32, ours.cfg.mlp_hidden,
-                 args.seq_len).to(device)
+    ref = RefGPT(data.vocab_size, width, depth, 32, ours.cfg.mlp_hidden, seq_len).to(dev)
     ref_opt = ref.configure_optimizer(3e-4, 0.1)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_ref = sum(p.numel() for p in ref.parameters())
@@ -127,33 +117,52 @@ def main() -> None:
         ref_opt.step()
         ref_opt.zero_grad(set_to_none=True)
 
-    batches = [tuple(t.to(device) for t in data.train_batch(i, args.batch, args.seq_len, 0))
-               for i in range(args.steps)]
+    batches = [tuple(t.to(dev) for t in data.train_batch(i, batch, seq_len, 0))
+               for i in range(steps)]
 
     def time_round(step_fn) -> float:
-        if device.type == "cuda":
+        if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         for x, y in batches:
             step_fn(x, y)
-        if device.type == "cuda":
+        if dev.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - t) / len(batches)
 
     time_round(ours_step)  # warm-up both (allocator, kernels)
     time_round(ref_step)
     t_ours, t_ref = [], []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         t_ours.append(time_round(ours_step))
         t_ref.append(time_round(ref_step))
     mo, mr = statistics.median(t_ours), statistics.median(t_ref)
-    tok = args.batch * args.seq_len
-    print(f"device {device}, {torch.get_num_threads()} threads, {n_ours / 1e6:.2f}M params, "
-          f"width {args.width} depth {args.depth} batch {args.batch}x{args.seq_len}, "
-          f"{len({id(g) for g in ours_opt.param_groups})} param groups (ref: 2)")
-    print(f"ours      {mo * 1e3:8.2f} ms/step  {tok / mo:10.0f} tokens/s")
-    print(f"reference {mr * 1e3:8.2f} ms/step  {tok / mr:10.0f} tokens/s")
-    print(f"ratio ours/reference step time: {mo / mr:.3f}")
+    return {"device": str(dev), "threads": torch.get_num_threads(), "params": n_ours,
+            "width": width, "depth": depth, "batch": batch, "seq_len": seq_len,
+            "param_groups": len(ours_opt.param_groups), "ours_s": mo, "ref_s": mr,
+            "ratio": mo / mr, "tokens_per_s": batch * seq_len / mo}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per model")
+    ap.add_argument("--parameterisation", default="completed_p")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    r = measure(args.width, args.depth, args.batch, args.seq_len, args.steps, args.rounds,
+                args.parameterisation, args.device)
+    tok = r["batch"] * r["seq_len"]
+    print(f"device {r['device']}, {r['threads']} threads, {r['params'] / 1e6:.2f}M params, "
+          f"width {r['width']} depth {r['depth']} batch {r['batch']}x{r['seq_len']}, "
+          f"{r['param_groups']} param groups (ref: 2)")
+    print(f"ours      {r['ours_s'] * 1e3:8.2f} ms/step  {tok / r['ours_s']:10.0f} tokens/s")
+    print(f"reference {r['ref_s'] * 1e3:8.2f} ms/step  {tok / r['ref_s']:10.0f} tokens/s")
+    print(f"ratio ours/reference step time: {r['ratio']:.3f}")
 
 
 if __name__ == "__main__":

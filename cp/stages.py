@@ -8,7 +8,9 @@ through ``cpt stage NAME SPEC``; each is safe to re-run (finished runs are never
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import time
 from collections.abc import Callable
 from typing import Optional
 
@@ -300,20 +302,26 @@ def run_report(spec: Spec, study: Study, echo: Echo = print) -> str:
 
 def run_stage(name: str, spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
               echo: Echo = print):
-    """Run stage ``name``."""
+    """Run stage ``name``; its start and end go to ``timings.jsonl`` in the study folder."""
+    runners = {
+        "check": lambda: run_check(spec, study, echo),
+        "sweep": lambda: run_sweep(spec, study, on_result, echo),
+        "select": lambda: run_select(spec, study, echo),
+        "search": lambda: run_search(spec, study, on_result, echo),
+        "transfer": lambda: run_transfer(spec, study, echo),
+        "target": lambda: run_target(spec, study, on_result, echo),
+        "report": lambda: run_report(spec, study, echo),
+    }
+    if name not in runners:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     record_spec(spec, study)
-    if name == "check":
-        return run_check(spec, study, echo)
-    if name == "sweep":
-        return run_sweep(spec, study, on_result, echo)
-    if name == "select":
-        return run_select(spec, study, echo)
-    if name == "search":
-        return run_search(spec, study, on_result, echo)
-    if name == "transfer":
-        return run_transfer(spec, study, echo)
-    if name == "target":
-        return run_target(spec, study, on_result, echo)
-    if name == "report":
-        return run_report(spec, study, echo)
-    raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    start = time.time()
+    status = "failed"
+    try:
+        out = runners[name]()
+        status = "done"
+        return out
+    finally:
+        with open(study.timings_file, "a") as f:
+            f.write(json.dumps({"stage": name, "start": start, "end": time.time(),
+                                "status": status}) + "\n")

@@ -10,6 +10,7 @@
       transfer/<target>/<arm>/       settings.json (cpt describe --json), runs.json
       target/runs.parquet            one row per (target, arm, seed)
       report/                        report.md and figures
+      timings.jsonl                  start and end of every stage execution
 
 Writes are atomic (temp file, then rename), so a killed stage never leaves half a file.
 """
@@ -78,6 +79,11 @@ class Study:
     @property
     def target_table(self) -> Path:
         return self.root / "target" / "runs.parquet"
+
+    @property
+    def timings_file(self) -> Path:
+        """One line per stage execution: stage, start, end, status."""
+        return self.root / "timings.jsonl"
 
     @property
     def report_dir(self) -> Path:
