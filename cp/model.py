@@ -50,7 +50,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gain if self.multiplier == 1.0 else self.gain * self.multiplier
-        return F.rms_norm(x, (x.shape[-1],), g, self.eps)
+        # Under bf16 autocast the activations are bf16: a gain of the same dtype keeps the
+        # fused kernel (it accumulates in fp32 regardless).
+        return F.rms_norm(x, (x.shape[-1],), g.to(x.dtype), self.eps)
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,3 +75,28 @@ def test_run_id_hashes_what_changes_the_numbers_only(tiny):
 def test_evaluations_are_spread_and_end_at_the_last_step(total, evals):
     steps = eval_steps(total, evals)
     assert steps[-1] == total and len(steps) == min(total, evals)
+
+
+def test_bf16_autocast_trains_and_keeps_fp32_master_weights(tiny, tmp_path):
+    import torch
+
+    from cp.config import TrainConfig
+
+    cfg = tiny(train=TrainConfig(evals=2, eval_sequences=8, precision="bf16"))
+    cfg.runtime.keep_checkpoint = True
+    result = train(cfg, tmp_path)
+    assert result.status == "completed"
+    assert result.eval_curve[-1]["val_loss"] < result.eval_curve[0]["val_loss"] + 0.05
+    assert result.final_val_loss < math.log(256) - 0.5
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
+    assert bf16_differs_from_fp32(cfg, result)
+
+
+def bf16_differs_from_fp32(cfg, bf16_result):
+    """The autocast path really ran: bf16 numerics are not bit-identical to fp32."""
+    import dataclasses
+
+    fp32 = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                    precision="fp32")))
+    return fp32.final_val_loss != bf16_result.final_val_loss
