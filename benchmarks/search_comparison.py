@@ -32,25 +32,12 @@ from cp.analysis import loss_or_inf
 from cp.launch import Launcher
 from cp.plan import search_run
 from cp.search import ALGORITHMS, SearchSpace, make_searcher
+from cp.search.driver import drive
 from cp.search.space import Dim
 from cp.search.synthetic import CliffLandscape
 from cp.spec import load_spec
 from cp.stages import _search_space
 from cp.study import Study
-
-
-def drive(searcher, evaluate, budget: int, batch: int, trace: list[float]) -> None:
-    """The search stage's loop: ask up to `batch` trials, evaluate them together, tell."""
-    while len(searcher.trials) < budget:
-        asked = []
-        while len(asked) < batch and len(searcher.trials) < budget:
-            t = searcher.ask()
-            if t is None:
-                break
-            asked.append(t)
-        for t, loss in zip(asked, evaluate(asked), strict=True):
-            searcher.tell(t.id, loss)
-            trace.append(loss)
 
 
 def best_so_far(trace: list[float]) -> list[float]:
@@ -91,8 +78,8 @@ def real_part(args, lines: list[str]) -> None:
             t0 = time.time()
             searcher = make_searcher(alg, space, seed=args.seed, explore_seed=spec.seed,
                                      workdir=study.root / "optuna" / alg, trrs=spec.search.trrs)
-            trace: list[float] = []
-            drive(searcher, evaluate, args.trials, spec.search.batch, trace)
+            drive(searcher, evaluate, args.trials, spec.search.batch)
+            trace = [t.loss for t in searcher.trials]
             x, _ = searcher.recommend()
             fresh = [search_run(spec, global_values, space.multipliers(x), s, {})
                      for s in args.reeval_seeds]
@@ -146,7 +133,7 @@ def synthetic_part(args, dim: int, lines: list[str]) -> None:
             reached = None
             while len(searcher.trials) < budget:
                 drive(searcher, lambda ts: [f(t.x, t.seed) for t in ts],  # noqa: B023
-                      min(budget, len(searcher.trials) + 4), 4, [])
+                      min(budget, len(searcher.trials) + 4), 4)
                 rec = searcher.recommend()
                 if reached is None and rec and f.true_loss(rec[0]) <= 1.01:
                     reached = len(searcher.trials)

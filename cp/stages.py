@@ -142,37 +142,13 @@ def _search_space(spec: Spec):
                              groups_per_kind=per_kind, exclude=exclude)
 
 
-def _search_loop(spec: Spec, searcher, runner: Launcher, planned, save, echo: Echo) -> None:
-    """Ask, train and tell batches of trials until the budget is spent (resumable)."""
-    s = spec.search
-    while True:
-        batch = [t for t in searcher.trials if t.pending]  # asked before a kill: re-launch
-        while len(batch) < s.batch and len(searcher.trials) < s.trials:
-            t = searcher.ask()
-            if t is None:  # the searcher waits for results before proposing more
-                break
-            batch.append(t)
-        if not batch:
-            return
-        save()  # the asked points are on disk before their runs start
-        runs = [planned(t) for t in batch]
-        results = runner.run(runs)
-        for t, pr in zip(batch, runs, strict=True):
-            t.run_id = pr.run_id
-            searcher.tell(t.id, loss_or_inf(results[pr.run_id]))
-        save()
-        rec = searcher.recommend()
-        echo(f"[search] {len(searcher.trials)}/{s.trials} trials; recommended point's loss "
-             f"{rec[1] if rec else math.inf:.4f}" + (
-                 f", trust radius {searcher.radius:.3g}" if hasattr(searcher, "radius") else ""))
-
-
 def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
                echo: Echo = print) -> dict:
     """Per-module search at the base model, from the global optimum; resumable."""
     import statistics
 
     from .search import make_searcher
+    from .search.driver import drive
 
     if not spec.search.enabled:
         best = {"status": "disabled", "multipliers": None}
@@ -203,10 +179,25 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
     def save() -> None:
         write_json(state_file, searcher.state_dict())
 
+    def evaluate(trials) -> list[float]:
+        runs = [planned(t) for t in trials]
+        results = runner.run(runs)
+        for t, pr in zip(trials, runs, strict=True):
+            t.run_id = pr.run_id
+        return [loss_or_inf(results[pr.run_id]) for pr in runs]
+
+    def told(_trials) -> None:
+        save()
+        rec = searcher.recommend()
+        echo(f"[search] {len(searcher.trials)}/{s.trials} trials; recommended point's loss "
+             f"{rec[1] if rec else math.inf:.4f}" + (
+                 f", trust radius {searcher.radius:.3g}" if hasattr(searcher, "radius") else ""))
+
     runner = Launcher(study, spec.launcher, "search", max_parallel=s.batch,
                       on_result=on_result, echo=echo)
     with runner:
-        _search_loop(spec, searcher, runner, planned, save, echo)
+        # The asked points are on disk before their runs start, the told ones after.
+        drive(searcher, evaluate, s.trials, s.batch, before=lambda _: save(), after=told)
         rec = searcher.recommend()
         if rec is None or not math.isfinite(rec[1]):
             raise StageFailed("search: every trial diverged or failed")

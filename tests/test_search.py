@@ -80,6 +80,7 @@ def test_loading_state_of_another_space_is_refused():
 # Trust-region random search.
 
 from cp.search import TRRS, TRRSConfig  # noqa: E402
+from cp.search.driver import drive as run_search  # noqa: E402
 from cp.search.space import Dim  # noqa: E402
 from cp.search.synthetic import CliffLandscape  # noqa: E402
 
@@ -89,17 +90,8 @@ def box(dim, radius=2.0):
 
 
 def drive(searcher, objective, budget, batch=4):
-    """The stage's loop: ask up to `batch`, tell them all, repeat."""
-    while len(searcher.trials) < budget:
-        asked = []
-        while len(asked) < batch and len(searcher.trials) < budget:
-            t = searcher.ask()
-            if t is None:
-                break
-            asked.append(t)
-        assert asked, "searcher neither proposed nor waited on anything"
-        for t in asked:
-            searcher.tell(t.id, objective(t.x, t.seed))
+    """The stage's loop (cp.search.driver) on a synthetic objective."""
+    run_search(searcher, lambda trials: [objective(t.x, t.seed) for t in trials], budget, batch)
 
 
 def test_trrs_never_proposes_outside_the_bounds():
