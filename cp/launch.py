@@ -127,6 +127,10 @@ def _failed(pr: PlannedRun, reason: str, study: Study) -> RunResult:
 RunFn = Callable[[RunConfig, Path, int], RunResult]
 
 
+class LaunchError(RuntimeError):
+    """Runs cannot be launched at all (a broken environment, not a failed run)."""
+
+
 class Launcher:
     """Runs batches of planned runs for one stage; a process pool, once started, serves every
     batch of the stage (a search's many small batches pay for torch's start-up once).
@@ -243,9 +247,18 @@ class Launcher:
             echo(f"[{stage}] a worker process died; retrying {len(suspects)} run(s) one at a "
                  "time")
             for pr in suspects:
-                if run_pool([pr], isolated=True):
-                    finished(pr, _failed(pr, "its worker process died twice (out of memory? "
-                                             "killed?)", self.study))
+                if not run_pool([pr], isolated=True):
+                    continue
+                if not _started_here(self.study.run_dir(pr.run_id), session_start):
+                    # A worker that dies before it starts any run is not the run's fault:
+                    # recording a failure would hide a broken environment behind a cache.
+                    raise LaunchError(
+                        "worker processes die before starting a run. If you call cp from a "
+                        "script, guard the script with `if __name__ == '__main__':` "
+                        "(worker processes are spawned and import the main module); "
+                        "otherwise check that `python -c 'import torch, cp'` works.")
+                finished(pr, _failed(pr, "its worker process died twice (out of memory? "
+                                         "killed?)", self.study))
         return results
 
 

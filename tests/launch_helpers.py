@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from cp.config import RunConfig, RunResult
-from cp.launch import execute
+from cp.launch import execute, log_event
 
 CRASH_LR = 0.0123   # a run with this lr raises before training
 DIE_LR = 0.0456     # a run with this lr kills its worker process
@@ -14,6 +14,11 @@ DIE_LR = 0.0456     # a run with this lr kills its worker process
 def crashing(cfg: RunConfig, run_dir: Path, threads: int = 0) -> RunResult:
     if cfg.hps.lr == CRASH_LR:
         raise RuntimeError("injected crash")
-    if cfg.hps.lr == DIE_LR:
+    if cfg.hps.lr == DIE_LR:  # like an out-of-memory kill in the middle of training
+        log_event(run_dir, "start")
         os._exit(3)
     return execute(cfg, run_dir, threads)
+
+
+def dies_before_starting(cfg: RunConfig, run_dir: Path, threads: int = 0) -> RunResult:
+    os._exit(4)

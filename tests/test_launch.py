@@ -91,3 +91,15 @@ def test_a_runs_progress_says_what_it_is(tiny, tmp_path):
     run = dataclasses.replace(planned(tiny, 0.01), tags={"axis": "width", "axis_value": 64})
     launch([run], Study(tmp_path), LauncherSpec(kind="inline"), "sweep", echo=lines.append)
     assert "axis=width axis_value=64" in lines[-1]
+
+
+def test_workers_dying_before_any_run_starts_is_an_error_not_a_failed_run(tiny, tmp_path):
+    from cp.launch import LaunchError
+    from tests.launch_helpers import dies_before_starting
+
+    study = Study(tmp_path)
+    runs = [planned(tiny, 0.01), planned(tiny, 0.003)]
+    with pytest.raises(LaunchError, match="__main__"):
+        launch(runs, study, LauncherSpec(kind="local", workers=2), "t", echo=lambda m: None,
+               fn=dies_before_starting)
+    assert all(load_result(study.run_dir(r.run_id)) is None for r in runs)  # nothing cached

@@ -1,12 +1,13 @@
 """Trust-region random search (TRRS), the paper's per-module search.
 
-Start at the global optimum (all multipliers 1). Each round samples ``round_size`` candidates
-uniformly inside a box of half-width ``radius`` around the incumbent (in log2 multipliers),
-perturbing a random subset of coordinates when the space is large, and trains them all with the
-exploration seed. The landscape is noisy and has cliffs, so a candidate never replaces the
-incumbent on one lucky run: the best ``reeval_top`` candidates that beat the incumbent on the
-exploration seed are re-evaluated on ``reeval_seeds`` fresh seeds (the incumbent too, on the
-same seeds), and the incumbent moves only if a candidate's mean over all those seeds is lower.
+Start at the global optimum (all multipliers 1), evaluated on the exploration seed and on
+``reeval_seeds`` further seeds. Each round samples ``round_size`` candidates uniformly inside a
+box of half-width ``radius`` around the incumbent (in log2 multipliers), perturbing a random
+subset of coordinates when the space is large, and trains them with the exploration seed. The
+landscape is noisy and has cliffs, so a candidate never replaces the incumbent on one lucky run:
+the best ``reeval_top`` candidates whose loss is below the incumbent's mean are re-evaluated on
+the same further seeds, and the incumbent moves only if a candidate's mean over all those seeds
+is lower than the incumbent's mean over the same seeds.
 A move grows the radius, a failed round shrinks it (between ``min_radius`` and the space's
 bounds). Diverged candidates are failures like any other.
 """
@@ -89,9 +90,10 @@ class TRRS(Searcher):
 
     def _advance(self) -> None:
         """Decide on the finished phase and queue the next one's proposals."""
-        if self.incumbent is None:  # first of all, the global optimum itself
+        if self.incumbent is None:  # first of all, the global optimum itself, on every seed
             self.incumbent = self.space.center()
-            self._queue([(self.incumbent, self.explore_seed, "explore")])
+            self._queue([(self.incumbent, self.explore_seed, "explore")] +
+                        [(self.incumbent, s, "reeval") for s in self.reeval_seed_list])
         elif self.phase == "explore":
             self._after_explore()
         elif self.phase == "reeval":
@@ -118,7 +120,9 @@ class TRRS(Searcher):
         return self.space.clip(np.asarray(self.incumbent) + step)
 
     def _after_explore(self) -> None:
-        inc = self._evals(self.incumbent).get(self.explore_seed, math.inf)
+        # Judge the incumbent by its mean over seeds: training small models is chaotic, so any
+        # change of HPs redraws the seed noise, and one lucky run must not block every move.
+        inc = self._mean(self.incumbent, [self.explore_seed, *self.reeval_seed_list])
         done = sorted((self.trials[i] for i in self.current), key=lambda t: t.loss)
         better = [t.x for t in done if math.isfinite(t.loss) and t.loss < inc]
         better = better[: self.cfg.reeval_top]
