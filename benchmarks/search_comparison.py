@@ -77,7 +77,8 @@ def real_part(args, lines: list[str]) -> None:
         for alg in args.algorithms:
             t0 = time.time()
             searcher = make_searcher(alg, space, seed=args.seed, explore_seed=spec.seed,
-                                     workdir=study.root / "optuna" / alg, trrs=spec.search.trrs)
+                                     workdir=study.root / "optuna" / alg, trrs=spec.search.trrs,
+                                     resume=False)  # a new search every time
             drive(searcher, evaluate, args.trials, spec.search.batch)
             trace = [t.loss for t in searcher.trials]
             x, _ = searcher.recommend()

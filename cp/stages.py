@@ -160,9 +160,9 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
     global_values = selected.get(spec.parameterisation.name, {}).get("values", {})
     space = _search_space(spec)
     trrs = dataclasses.replace(s.trrs, round_size=s.trrs.round_size or s.batch)
-    searcher = make_searcher(s.algorithm, space, s.seed, explore_seed=spec.seed,
-                             workdir=study.search_dir, trrs=trrs)
     state_file = study.search_dir / "state.json"
+    searcher = make_searcher(s.algorithm, space, s.seed, explore_seed=spec.seed,
+                             workdir=study.search_dir, trrs=trrs, resume=state_file.exists())
     if state_file.exists():
         searcher.load_state_dict(read_json(state_file))
         echo(f"[search] resuming: {len(searcher.trials)} trials asked, "

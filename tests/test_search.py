@@ -199,10 +199,20 @@ def test_optuna_searchers_resume_their_study_from_the_journal(algorithm, tmp_pat
     a = make_searcher(algorithm, box(3), seed=1, workdir=tmp_path)
     drive(a, f, 12, batch=4)
     pending = a.ask()
-    b = make_searcher(algorithm, box(3), seed=1, workdir=tmp_path)  # a new process
+    b = make_searcher(algorithm, box(3), seed=1, workdir=tmp_path, resume=True)  # new process
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     assert len(b.study.trials) == 13                    # Optuna's own record came back
     b.tell(pending.id, f(pending.x, pending.seed))      # the in-flight trial can be told
     assert b.study.trials[-1].state.name == "COMPLETE"
     drive(b, f, 20, batch=4)
     assert len(b.trials) == 20
+
+
+def test_a_new_optuna_search_does_not_continue_an_old_journal(tmp_path):
+    f = CliffLandscape(3, seed=0)
+    first = make_searcher("tpe", box(3), seed=1, workdir=tmp_path)
+    drive(first, f, 12)
+    again = make_searcher("tpe", box(3), seed=1, workdir=tmp_path)   # not resumed
+    drive(again, f, 12)
+    assert len(again.study.trials) == 12
+    assert [t.x for t in again.trials] == [t.x for t in first.trials]  # same seed, same search

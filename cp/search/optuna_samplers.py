@@ -21,13 +21,17 @@ class OptunaSearcher(Searcher):
     name = "optuna"
 
     def __init__(self, space: SearchSpace, seed: int = 0, explore_seed: int = 0,
-                 storage_path: Optional[Path] = None):
+                 storage_path: Optional[Path] = None, resume: bool = False):
+        """``storage_path``: Optuna's journal file. A new search (``resume`` false) starts a
+        new journal; a resumed one (whose state will be loaded) continues the existing one."""
         import optuna
 
         super().__init__(space, seed, explore_seed)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = None
         if storage_path is not None:
+            if not resume:
+                Path(storage_path).unlink(missing_ok=True)
             from optuna.storages import JournalStorage
             from optuna.storages.journal import JournalFileBackend
 
