@@ -262,7 +262,9 @@ def optimum_shift(opt, tolerance: float = SHIFT_TOLERANCE):
     slope of log2(optimum) against log2(axis value) (least squares over the axis's points).
 
     ``holds``: the shift is within ``tolerance`` octaves per doubling; null (inconclusive)
-    when an optimum sits at the grid's edge unfitted or fewer than two points have one."""
+    when fewer than two points have an optimum, or when the lowest loss of a point sits at the
+    grid's first or last value (``edges`` lists those axis values): the loss still falls at the
+    edge, so the optimum may lie beyond the grid, whatever a parabola through it says."""
     import polars as pl
 
     rows = []
@@ -271,7 +273,8 @@ def optimum_shift(opt, tolerance: float = SHIFT_TOLERANCE):
         ok = g.filter(pl.col("log2_opt").is_not_null())
         xs = np.log2(ok["axis_value"].to_numpy().astype(float))
         ys = ok["log2_opt"].to_numpy()
-        edge = bool((g["at_edge"] & ~g["fitted"]).any()) or ok.height < g.height
+        edges = g.filter(pl.col("at_edge"))["axis_value"].to_list()
+        edge = bool(edges) or ok.height < g.height
         slope = float(np.polyfit(xs, ys, 1)[0]) if len(set(xs)) >= 2 else None
         holds = None if slope is None or edge else abs(slope) <= tolerance
         rows.append({**dict(zip(keys, key, strict=True)), "kind": g["kind"][0],
@@ -279,7 +282,7 @@ def optimum_shift(opt, tolerance: float = SHIFT_TOLERANCE):
                      "from_value": g["axis_value"].min(), "to_value": g["axis_value"].max(),
                      "opt_from": ok["opt"][0] if ok.height else None,
                      "opt_to": ok["opt"][-1] if ok.height else None,
-                     "inconclusive": edge, "holds": holds})
+                     "edges": edges, "inconclusive": edge, "holds": holds})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 

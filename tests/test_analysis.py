@@ -101,8 +101,6 @@ def synthetic_sweep(shifts, widths=(64, 128, 256), base_width=32, grid=LR_GRID):
     """A sweep table like the sweep stage writes: for each parameterisation, the base model's
     grid (axis "base") and the grid at each width, with loss a parabola in log2(lr) whose
     optimum moves ``shifts[table]`` octaves per doubling of width."""
-    import polars as pl
-
     rows = []
     for table, s in shifts.items():
         for axis, value in [("base", None)] + [("width", w) for w in widths]:
@@ -134,12 +132,16 @@ def test_optimum_shift_of_synthetic_parabolas_is_recovered():
 
 def test_an_optimum_beyond_the_grid_makes_the_shift_inconclusive():
     narrow = [BASE_LR * 2.0 ** (k / 2) for k in range(-2, 3)]  # +-1 octave
-    points = sweep_points(synthetic_sweep({"sp_like": -1.0}, grid=narrow), {"width": 32})
-    opt = optima(points)
-    far = opt.filter(pl.col("axis_value") == 256).to_dicts()[0]  # optimum 3 octaves down
-    assert far["at_edge"] and not far["fitted"] and far["opt"] == min(narrow)
-    (shift,) = optimum_shift(opt).to_dicts()
-    assert shift["inconclusive"] and shift["holds"] is None
+    # The optimum moves half an octave down per doubling: inside the grid at width 64, at its
+    # first value at 128, beyond it at 256.
+    points = sweep_points(synthetic_sweep({"p": -0.5}, grid=narrow), {"width": 32})
+    opt = {r["axis_value"]: r for r in optima(points).to_dicts()}
+    assert not opt[64]["at_edge"] and opt[64]["fitted"]
+    assert opt[128]["at_edge"] and opt[128]["opt"] == pytest.approx(min(narrow))
+    assert opt[256]["at_edge"] and not opt[256]["fitted"] and opt[256]["opt"] == min(narrow)
+    (shift,) = optimum_shift(optima(points)).to_dicts()
+    assert shift["edges"] == [128, 256]
+    assert shift["inconclusive"] and shift["holds"] is None  # though -0.5 would hold
 
 
 def test_transfer_suboptimality_of_synthetic_parabolas():
