@@ -320,7 +320,7 @@ def cmd_sync(args) -> int:
     study = Study(Path(args.study))
     try:
         rep = sync(study, uri=args.uri, echo=lambda m: print(m, flush=True))
-    except FileNotFoundError:
+    except FileNotFoundError:  # not a study folder: a user error, reported by main()
         raise
     except Exception as e:  # the store is down or refuses: say so, no traceback
         print(f"cpt: sync of {study.root} failed: {type(e).__name__}: {e}", file=sys.stderr)
