@@ -73,11 +73,11 @@ def tracked_smoke(tmp_path_factory):
         exp = client.get_experiment_by_name("smoke")
         for r in client.search_runs([exp.experiment_id], max_results=1000):
             if r.data.tags.get("cp.role") == "run":
-                t.live[(r.data.tags["cp.stage"], r.data.tags["cp.run_id"])] = {
-                    "run": r, "val_loss": [(m.step, m.value) for m in
-                                           client.get_metric_history(r.info.run_id, "val_loss")]}
+                history = client.get_metric_history(r.info.run_id, "val_loss")
+                t.live_children[r.data.tags["cp.stage"], r.data.tags["cp.run_id"]] = (
+                    r, [(m.step, m.value) for m in history])
             else:
-                t.live[r.data.tags["cp.stage"]] = {"run": r}
+                t.live_parents[r.data.tags["cp.stage"]] = r
         server.stop()  # mid-study: select has just started
         t.pipeline_rc = proc.wait(900)
         t.pipeline_out = log.read_text()

@@ -85,8 +85,10 @@ class TrackedStudy:
     server: MlflowServer
     pipeline_rc: int = 0
     pipeline_out: str = ""
-    live: dict = field(default_factory=dict)
-    """Store contents seen while the first server was up (stage -> {cp.run_id: run})."""
+    live_parents: dict = field(default_factory=dict)
+    """Stage parents seen while the first server was up: stage -> run."""
+    live_children: dict = field(default_factory=dict)
+    """Training runs seen then: (stage, run id) -> (run, its val_loss history)."""
     sync_out: list = field(default_factory=list)
     """(exit code, output) of each `cpt sync`."""
     runs_after_sync: list = field(default_factory=list)

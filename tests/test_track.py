@@ -40,19 +40,19 @@ def result(study, run_id):
 @pytest.mark.slow
 def test_stages_log_to_a_tracking_server_while_it_is_up(tracked_smoke):
     t = tracked_smoke
-    live_parents = {k for k in t.live if isinstance(k, str)}
-    assert {"check", "sweep"} <= live_parents  # the stages that ran before it went down
+    assert {"check", "sweep"} <= set(t.live_parents)  # they ran before it went down
+    for stage in ("check", "sweep"):  # finished, with their outputs
+        assert t.live_parents[stage].info.status == "FINISHED"
+        assert "cp.outputs" in t.live_parents[stage].data.tags
     sweep_ids = set(pl.read_parquet(t.study / "sweep" / "runs.parquet")["run_id"])
-    live_sweep = {rid: v for (stage, rid), v in
-                  ((k, v) for k, v in t.live.items() if isinstance(k, tuple)) if stage == "sweep"}
+    live_sweep = {rid: v for (stage, rid), v in t.live_children.items() if stage == "sweep"}
     assert set(live_sweep) == sweep_ids  # each training run once, as it finished
-    parent = t.live["sweep"]["run"].info.run_id
-    for rid, v in live_sweep.items():
-        run = v["run"]
+    parent = t.live_parents["sweep"].info.run_id
+    for rid, (run, val_loss) in live_sweep.items():
         assert run.data.tags["mlflow.parentRunId"] == parent
         res = result(t.study, rid)
-        assert v["val_loss"] == [(e["step"], pytest.approx(e["val_loss"]))
-                                 for e in res["eval_curve"]]
+        assert sorted(val_loss) == [(e["step"], pytest.approx(e["val_loss"]))
+                                    for e in res["eval_curve"]]
         config = json.loads((t.study / "runs" / rid / "config.json").read_text())["config"]
         assert run.data.params["hps.lr"] == str(config["hps"]["lr"])
         assert run.data.tags["status"] == res["status"]
