@@ -3,8 +3,9 @@
 1. Trainer step time against a nanoGPT-style reference of the same shape (throughput.py).
 2. The pipeline's overhead on specs/demo.yaml: the study is run fresh through Snakemake and
    its wall time is split into time inside training runs (from each run's event log), time
-   inside stages but outside runs (the coordinate check, the launcher, fits, the report),
-   and time outside stages (Snakemake and process start-up).
+   inside stages but outside runs (the coordinate check, the launcher, fits, the report,
+   tracking), and time outside stages (Snakemake and process start-up); stage times come
+   from each stage's record (<stage>/stage.json).
 3. Time to plan a 10,000-run spec (expanding stages and hashing every run's resolved config).
 
     python benchmarks/run_all.py [--out docs/benchmarks.md] [--skip-pipeline]
@@ -66,8 +67,9 @@ def pipeline_overhead(spec: str) -> dict:
             starts = [e["time"] for e in ev if e["event"] == "start"]
             ends = [e["time"] for e in ev if e["event"] == "finish"]
             runs += list(zip(starts, ends, strict=False))
-        stages = [json.loads(line) for line in (study / "timings.jsonl").read_text()
-                  .splitlines()]
+        stages = [json.loads(p.read_text()) for p in study.glob("*/stage.json")]
+        stages = [{"stage": s["stage"], "start": s["started"], "end": s["finished"]}
+                  for s in sorted(stages, key=lambda s: s["started"])]
         in_runs = union_length(runs)
         in_stages = sum(s["end"] - s["start"] for s in stages)
         per_stage = {}

@@ -114,3 +114,261 @@ def loss_or_inf(result) -> float:
     if result.status != "completed" or not math.isfinite(result.final_val_loss):
         return math.inf
     return float(result.final_val_loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Study-level tables (polars): every run, optima along the transfer axes, their shift, transfer
+# suboptimality, speedups with a confidence interval over seeds.
+
+SHIFT_TOLERANCE = 0.5
+"""Octaves (log2 units) the optimum of an HP may move per doubling of an axis for transfer to
+count as holding. Half an octave is a factor 1.41 in lr, the spacing of a fine lr grid."""
+
+HP_COLUMNS = ("lr", "eps", "weight_decay", "beta1", "beta2", "init_std", "multiplier")
+
+
+def _stage_tables(study) -> list:
+    import polars as pl
+
+    frames = []
+    for stage, path in (("sweep", study.sweep_table), ("search", study.search_table),
+                        ("target", study.target_table)):
+        if path.exists():
+            df = pl.read_parquet(path)
+            # HP values come from each run's config below (the same numbers for sweep rows).
+            df = df.drop([c for c in HP_COLUMNS if c in df.columns])
+            frames.append(df.with_columns(pl.lit(stage).alias("stage")))
+    return frames
+
+
+def runs_table(study):
+    """Every run of a study: one row per (stage, role) from the stage tables (sweep, search,
+    target), joined with what the run folder says (base HPs, table, best loss); runs in no
+    stage table (trained with ``cpt train``) appear once with a null stage."""
+    import json
+
+    import polars as pl
+
+    from .config import CONFIG_FILE, RESULT_FILE
+
+    folders = []
+    runs_dir = study.root / "runs"
+    for d in sorted(runs_dir.iterdir()) if runs_dir.exists() else []:
+        if not (d / RESULT_FILE).exists():
+            continue
+        result = json.loads((d / RESULT_FILE).read_text())
+        row = {"run_id": d.name, "run_status": result["status"],
+               "best_val_loss": _best(result.get("eval_curve", []))}
+        if (d / CONFIG_FILE).exists():
+            cfg = json.loads((d / CONFIG_FILE).read_text())["config"]
+            row["table"] = cfg["parameterisation"]["name"]
+            row.update({k: float(cfg["hps"][k]) for k in HP_COLUMNS})
+            row["multiplied"] = bool(cfg["multipliers"]["per_type"]
+                                     or cfg["multipliers"]["per_layer"])
+        folders.append(row)
+    per_run = pl.DataFrame(folders, infer_schema_length=None)
+    tables = _stage_tables(study)
+    if not tables:
+        return per_run.with_columns(pl.lit(None, pl.String).alias("stage"))
+    staged = pl.concat(tables, how="diagonal_relaxed")
+    joined = staged.join(per_run, on="run_id", how="left")
+    orphans = per_run.join(staged.select("run_id").unique(), on="run_id", how="anti")
+    out = pl.concat([joined, orphans], how="diagonal_relaxed")
+    if "parameterisation" in out.columns and "table" in out.columns:
+        out = out.with_columns(pl.coalesce("parameterisation", "table").alias("parameterisation"))
+    if "status" in out.columns:
+        out = out.with_columns(pl.coalesce("status", "run_status").alias("status"))
+    first = [c for c in ("stage", "run_id", "parameterisation") if c in out.columns]
+    return out.select(first + [c for c in out.columns if c not in first])
+
+
+def _best(curve: list[dict]) -> float:
+    losses = [e["val_loss"] for e in curve if math.isfinite(e["val_loss"])]
+    return min(losses) if losses else math.nan
+
+
+def sweep_points(sweep, base_values: dict[str, int], kind: str = "lr",
+                 fixed: Optional[dict[str, float]] = None):
+    """The sweep along each axis as rows (parameterisation, axis, axis_value, ``kind``, seed,
+    loss, scale): the base model's grid is each axis's point at the base value (its rows where
+    the other grid kinds sit at ``fixed``), and a run planned twice counts once."""
+    import polars as pl
+
+    fixed = fixed or {}
+    base = sweep.filter(pl.col("axis") == "base")
+    for k, v in fixed.items():
+        if k != kind and k in base.columns:
+            base = base.filter(pl.col(k) == v)
+    frames = []
+    for axis, value in base_values.items():
+        frames.append(base.with_columns(pl.lit(axis).alias("axis"),
+                                        pl.lit(value, pl.Int64).alias("axis_value")))
+        frames.append(sweep.filter(pl.col("axis") == axis))
+    if not frames:
+        return sweep.clear()
+    cols = ["parameterisation", "axis", "axis_value", kind, "seed", "loss", "width", "depth",
+            "batch", "tokens", "seq_len", "run_id"]
+    out = pl.concat([f.select([c for c in cols if c in f.columns]) for f in frames],
+                    how="diagonal_relaxed")
+    return out.unique(["parameterisation", "axis", "axis_value", kind, "seed"], keep="first",
+                      maintain_order=True)
+
+
+def block_points(sweep, block: str, kind: str = "lr"):
+    """An extra sweep block's rows in the shape of `sweep_points` (its axes carry their own
+    values; a run planned twice counts once)."""
+    import polars as pl
+
+    sub = sweep.filter(pl.col("block") == block) if "block" in sweep.columns else sweep.clear()
+    cols = ["parameterisation", "axis", "axis_value", kind, "seed", "loss", "width", "depth",
+            "batch", "tokens", "seq_len", "run_id"]
+    if kind not in sub.columns:
+        return sub.clear()
+    return sub.select([c for c in cols if c in sub.columns]).unique(
+        ["parameterisation", "axis", "axis_value", kind, "seed"], keep="first",
+        maintain_order=True)
+
+
+def main_block(sweep):
+    """The main sweep's rows (the base grid and its axes), without the extra blocks."""
+    import polars as pl
+
+    return sweep.filter(pl.col("block") == "main") if "block" in sweep.columns else sweep
+
+
+def _seed_means(points, kind: str):
+    """Loss averaged over seeds per (parameterisation, axis, axis_value, kind): inf when any
+    seed diverged or failed (a point that diverges on some seeds is not an optimum)."""
+    import polars as pl
+
+    return (points.group_by(["parameterisation", "axis", "axis_value", kind], maintain_order=True)
+            .agg(pl.when(pl.col("loss").is_infinite().any()).then(float("inf"))
+                 .otherwise(pl.col("loss").mean()).alias("loss"),
+                 pl.len().alias("seeds"),
+                 *(pl.col(c).first() for c in ("width", "depth", "batch", "tokens", "seq_len")
+                   if c in points.columns)))
+
+
+def optima(points, kind: str = "lr"):
+    """Per (parameterisation, axis, axis_value): the optimal ``kind`` from a quadratic fit of
+    the seed-mean loss against log2(value) around the argmin (`fit_log2_optimum`); where no
+    fit is possible the grid argmin stands in (``fitted`` false; ``at_edge`` when the argmin
+    is the grid's first or last value, so the optimum may lie outside the grid)."""
+    import polars as pl
+
+    means = _seed_means(points, kind)
+    rows = []
+    keys = ["parameterisation", "axis", "axis_value"]
+    for key, g in means.sort([*keys, kind]).group_by(keys, maintain_order=True):
+        vals, losses = g[kind].to_list(), g["loss"].to_list()
+        finite = [(v, loss) for v, loss in zip(vals, losses, strict=True)
+                  if math.isfinite(loss)]
+        row = {**dict(zip(keys, key, strict=True)), "kind": kind, "points": len(finite),
+               **{c: g[c][0] for c in ("width", "depth", "batch", "tokens", "seq_len")
+                  if c in g.columns}}
+        if not finite:
+            rows.append({**row, "opt": None, "log2_opt": None, "opt_loss": None,
+                         "argmin": None, "fitted": False, "at_edge": False})
+            continue
+        arg, arg_loss = min(finite, key=lambda p: p[1])
+        fit = fit_log2_optimum(vals, losses)
+        opt, opt_loss = fit if fit else (arg, arg_loss)
+        rows.append({**row, "opt": opt, "log2_opt": math.log2(opt), "opt_loss": opt_loss,
+                     "argmin": arg, "fitted": fit is not None,
+                     "at_edge": arg in (min(vals), max(vals))})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def optimum_shift(opt, tolerance: float = SHIFT_TOLERANCE):
+    """Per (parameterisation, axis): how far the optimum moves per doubling of the axis, the
+    slope of log2(optimum) against log2(axis value) (least squares over the axis's points).
+
+    ``holds``: the shift is within ``tolerance`` octaves per doubling; null (inconclusive)
+    when fewer than two points have an optimum, or when the lowest loss of a point sits at the
+    grid's first or last value (``edges`` lists those axis values): the loss still falls at the
+    edge, so the optimum may lie beyond the grid, whatever a parabola through it says."""
+    import polars as pl
+
+    rows = []
+    keys = ["parameterisation", "axis"]
+    for key, g in opt.sort([*keys, "axis_value"]).group_by(keys, maintain_order=True):
+        ok = g.filter(pl.col("log2_opt").is_not_null())
+        xs = np.log2(ok["axis_value"].to_numpy().astype(float))
+        ys = ok["log2_opt"].to_numpy()
+        edges = g.filter(pl.col("at_edge"))["axis_value"].to_list()
+        edge = bool(edges) or ok.height < g.height
+        slope = float(np.polyfit(xs, ys, 1)[0]) if len(set(xs)) >= 2 else None
+        holds = None if slope is None or edge else abs(slope) <= tolerance
+        rows.append({**dict(zip(keys, key, strict=True)), "kind": g["kind"][0],
+                     "shift_per_doubling": slope, "points": ok.height,
+                     "from_value": g["axis_value"].min(), "to_value": g["axis_value"].max(),
+                     "opt_from": ok["opt"][0] if ok.height else None,
+                     "opt_to": ok["opt"][-1] if ok.height else None,
+                     "edges": edges, "inconclusive": edge, "holds": holds})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def loss_at(values: Sequence[float], losses: Sequence[float], value: float) -> Optional[float]:
+    """The loss at ``value`` from the grid: a parabola in log2(value) through the three finite
+    points nearest it (a line through two when there are only two); None outside the grid."""
+    pts = sorted((math.log2(v), loss) for v, loss in zip(values, losses, strict=True)
+                 if math.isfinite(loss))
+    x = math.log2(value)
+    if len(pts) < 2 or not pts[0][0] - 1e-9 <= x <= pts[-1][0] + 1e-9:
+        return None
+    near = sorted(sorted(pts, key=lambda p: abs(p[0] - x))[:3])
+    coef = np.polyfit([p[0] for p in near], [p[1] for p in near], len(near) - 1)
+    return float(np.polyval(coef, x))
+
+
+def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr"):
+    """Per (parameterisation, axis, axis_value): the loss at the transferred HP (the base
+    model's optimum ``selected[parameterisation]``, which the parameterisation carries to this
+    point) minus the loss at this point's own optimum (its quadratic fit). The price of tuning
+    at the base and transferring instead of tuning here."""
+    import polars as pl
+
+    opt = optima(points, kind)
+    means = _seed_means(points, kind)
+    rows = []
+    for r in opt.to_dicts():
+        v = selected.get(r["parameterisation"])
+        if v is None or r["opt_loss"] is None:
+            continue
+        g = means.filter((pl.col("parameterisation") == r["parameterisation"])
+                         & (pl.col("axis") == r["axis"])
+                         & (pl.col("axis_value") == r["axis_value"]))
+        at = loss_at(g[kind].to_list(), g["loss"].to_list(), v)
+        rows.append({**{k: r[k] for k in r if k not in ("kind",)}, "transferred": v,
+                     "loss_transferred": at,
+                     "suboptimality": None if at is None else max(0.0, at - r["opt_loss"])})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def speedup_ci(baseline: dict[int, Curve], candidate: dict[int, Curve],
+               level: float = 0.95) -> dict:
+    """Speedup of ``candidate`` over ``baseline`` (curves by seed) with a confidence interval.
+
+    ``speedup``: of the seed-mean curves (linear interpolation between evaluations). The
+    interval is over seeds: the speedup of each seed pair (the same seed in both arms), a
+    Student-t interval on their logarithms (ratios compose by multiplying), exponentiated; its
+    centre ``geo_mean`` is their geometric mean. Needs two or more seed pairs.
+    """
+    seeds = sorted(set(baseline) & set(candidate))
+    per_seed = {s: speedup(baseline[s], candidate[s]) for s in seeds}
+    logs = [math.log(v) for v in per_seed.values() if math.isfinite(v) and v > 0]
+    try:
+        point = speedup(mean_curve([baseline[s] for s in seeds]),
+                        mean_curve([candidate[s] for s in seeds])) if seeds else math.nan
+    except ValueError:  # seeds evaluated at different steps: no mean curve
+        point = math.nan
+    out = {"speedup": point, "per_seed": per_seed, "n": len(logs), "level": level,
+           "geo_mean": math.exp(float(np.mean(logs))) if logs else math.nan,
+           "ci_low": None, "ci_high": None}
+    if len(logs) >= 2:
+        from scipy import stats
+
+        m, se = float(np.mean(logs)), float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
+        t = float(stats.t.ppf(0.5 + level / 2, len(logs) - 1))
+        out["ci_low"], out["ci_high"] = math.exp(m - t * se), math.exp(m + t * se)
+    return out

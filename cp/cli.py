@@ -313,6 +313,32 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    from .study import Study
+    from .track import sync
+
+    study = Study(Path(args.study))
+    try:
+        rep = sync(study, uri=args.uri, echo=lambda m: print(m, flush=True))
+    except FileNotFoundError:  # not a study folder: a user error, reported by main()
+        raise
+    except Exception as e:  # the store is down or refuses: say so, no traceback
+        print(f"cpt: sync of {study.root} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"synced {study.root} to {rep.uri} (experiment {rep.experiment!r}): "
+          f"{len(rep.stages)} stage(s), {rep.logged} run(s) logged, {rep.replaced} replaced, "
+          f"{rep.present} already there; outputs of {rep.outputs} stage(s) logged")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import rebuild
+
+    path = rebuild(args.study)
+    print(f"report: {path} and {path.with_suffix('.html')}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -382,6 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--results", default="results", help="results root (default: results)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     st.set_defaults(fn=cmd_stage)
+
+    sy = sub.add_parser("sync", help="Log a study folder to MLflow: what is missing, nothing "
+                        "twice.", description="Log a study folder (results/<study>) to MLflow: "
+                        "every finished stage as a parent run, each of its training runs as a "
+                        "child, its outputs as artifacts. Runs already in the store are "
+                        "skipped. Reads only the study folder.")
+    sy.add_argument("study", help="study folder, e.g. results/demo")
+    sy.add_argument("--uri", default=None, help="tracking URI (default: the study's "
+                    "tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///STUDY/mlflow.db)")
+    sy.set_defaults(fn=cmd_sync)
+
+    rp = sub.add_parser("report", help="Rebuild a study's report from its folder alone.")
+    rp.add_argument("study", help="study folder, e.g. results/demo")
+    rp.set_defaults(fn=cmd_report)
     return p
 
 

@@ -198,6 +198,20 @@ class LauncherSpec:
 
 
 @dataclass
+class TrackingSpec:
+    """MLflow tracking: a view of the study folder (which stays the source of truth). A store
+    that is down never fails a stage; ``cpt sync`` fills it in later."""
+
+    enabled: bool = True
+    """Log every stage and training run to MLflow."""
+    uri: Optional[str] = None
+    """Tracking URI (``http://host:5000``, ``sqlite:///path.db``...). Unset: the
+    MLFLOW_TRACKING_URI environment variable, else ``sqlite:///<study folder>/mlflow.db``."""
+    experiment: Optional[str] = None
+    """Experiment name (default: the study name)."""
+
+
+@dataclass
 class Spec:
     """A scaling study."""
 
@@ -244,6 +258,8 @@ class Spec:
     """Stage 5-6: the HP sets compared at each target."""
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
     """Where runs execute."""
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    """Where stages and runs are logged (MLflow)."""
 
     def target_models(self) -> list[str]:
         return self.targets.models or [m for m in self.models if m != self.base]

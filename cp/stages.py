@@ -8,14 +8,12 @@ through ``cpt stage NAME SPEC``; each is safe to re-run (finished runs are never
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import time
 from collections.abc import Callable
 from typing import Optional
 
 from .analysis import loss_or_inf, select_optimum
-from .config import RunConfig, RunResult
+from .config import RunConfig, RunResult, load_result
 from .launch import Launcher, ResultHook, launch
 from .plan import PlannedRun, arm_run, grid_points, search_run, sweep_runs, sweep_tables
 from .scaling import Multipliers, expand_groups
@@ -205,11 +203,13 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
         # Re-evaluate the recommended point and the global optimum on the same fresh seeds,
         # so the per-module gain at the proxy comes with its seed spread.
         reeval = {}
+        reeval_rows = []
         for label, x in (("best", best_x), ("global", space.center())):
             runs = [search_run(spec, global_values, space.multipliers(x), seed,
                                {"trial": f"{label}-reeval", "purpose": "reeval"})
                     for seed in s.reeval_seeds]
             results = runner.run(runs)
+            reeval_rows += [_result_row(r, results[r.run_id]) for r in runs]
             losses = [loss_or_inf(results[r.run_id]) for r in runs]
             finite = [v for v in losses if math.isfinite(v)]
             reeval[label] = {"seeds": list(s.reeval_seeds), "losses": losses,
@@ -226,6 +226,15 @@ def run_search(spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
         {"trial": t.id, "purpose": t.purpose, "seed": t.seed, "loss": t.loss,
          "run_id": t.run_id, **{d.name: v for d, v in zip(space.dims, t.x, strict=True)}}
         for t in searcher.trials])
+    # Every search run with its tags, like the sweep's and target's tables (tracking and the
+    # study's runs table read it). Trials told before a restart have their results on disk.
+    trial_rows = []
+    for t in searcher.trials:
+        result = load_result(study.run_dir(t.run_id)) if t.run_id else None
+        if result is not None:
+            trial_rows.append(_result_row(planned(t), result))
+    rows = [{**r, "trial": str(r["trial"])} for r in trial_rows + reeval_rows]
+    write_parquet(study.search_table, rows)
     write_json(study.search_best, out)
     from .plots import plot_search_progress
 
@@ -291,9 +300,8 @@ def run_report(spec: Spec, study: Study, echo: Echo = print) -> str:
     return str(path)
 
 
-def run_stage(name: str, spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
-              echo: Echo = print):
-    """Run stage ``name``; its start and end go to ``timings.jsonl`` in the study folder."""
+def _dispatch(name: str, spec: Spec, study: Study, on_result: Optional[ResultHook],
+              echo: Echo):
     runners = {
         "check": lambda: run_check(spec, study, echo),
         "sweep": lambda: run_sweep(spec, study, on_result, echo),
@@ -303,16 +311,42 @@ def run_stage(name: str, spec: Spec, study: Study, on_result: Optional[ResultHoo
         "target": lambda: run_target(spec, study, on_result, echo),
         "report": lambda: run_report(spec, study, echo),
     }
-    if name not in runners:
+    return runners[name]()
+
+
+def run_stage(name: str, spec: Spec, study: Study, on_result: Optional[ResultHook] = None,
+              echo: Echo = print):
+    """Run stage ``name``: its provenance goes to ``<stage>/stage.json`` and, as the spec's
+    ``tracking`` section says, the stage and its training runs to MLflow (which never fails
+    the stage)."""
+    import time
+
+    from .provenance import STAGE_RECORD, stage_record
+    from .track import stage_tracker
+
+    if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     record_spec(spec, study)
-    start = time.time()
-    status = "failed"
-    try:
-        out = runners[name]()
-        status = "done"
-        return out
-    finally:
-        with open(study.timings_file, "a") as f:
-            f.write(json.dumps({"stage": name, "start": start, "end": time.time(),
-                                "status": status}) + "\n")
+    record_file = study.stage_dir(name) / STAGE_RECORD
+    started = time.time()
+    record = stage_record(name, "running", started)
+    write_json(record_file, record)
+    with stage_tracker(spec, study, name, record) as tracker:
+
+        def hook(pr: PlannedRun, result: RunResult) -> None:
+            tracker.on_result(pr, result)
+            if on_result is not None:
+                on_result(pr, result)
+
+        try:
+            out = _dispatch(name, spec, study, hook, echo)
+        except BaseException as e:
+            record = stage_record(name, "failed", started, time.time(),
+                                  f"{type(e).__name__}: {e}"[:2000])
+            write_json(record_file, record)
+            tracker.finish(record)
+            raise
+        record = stage_record(name, "done", started, time.time())
+        write_json(record_file, record)
+        tracker.finish(record)
+    return out

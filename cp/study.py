@@ -6,11 +6,13 @@
       check/                         coord_check.png, coord_fits.csv, verdict.json
       sweep/runs.parquet             one row per sweep point (tags + final loss)
       select/global.json             the global optimum per parameterisation
-      search/                        state.json, trials.parquet, best.json, best_so_far.png
+      search/                        state.json, trials.parquet, runs.parquet, best.json,
+                                     best_so_far.png
       transfer/<target>/<arm>/       settings.json (cpt describe --json), runs.json
       target/runs.parquet            one row per (target, arm, seed)
-      report/                        report.md and figures
-      timings.jsonl                  start and end of every stage execution
+      report/                        report.md, report.html, summary.json, figures
+      <stage>/stage.json             who ran the stage, with which commit, when (provenance)
+      mlflow.db, mlartifacts/        the embedded MLflow store (a view; `cpt sync` rebuilds it)
 
 Writes are atomic (temp file, then rename), so a killed stage never leaves half a file.
 """
@@ -81,17 +83,42 @@ class Study:
         return self.root / "target" / "runs.parquet"
 
     @property
-    def timings_file(self) -> Path:
-        """One line per stage execution: stage, start, end, status."""
-        return self.root / "timings.jsonl"
-
-    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 
     @property
     def report_file(self) -> Path:
         return self.report_dir / "report.md"
+
+    @property
+    def search_table(self) -> Path:
+        """One row per search run (explored trials and re-evaluations), with its tags."""
+        return self.search_dir / "runs.parquet"
+
+    def stage_dir(self, stage: str) -> Path:
+        """The folder of a stage's outputs (each stage's folder is named after it)."""
+        return self.root / stage
+
+    def stage_output(self, stage: str) -> Path:
+        """The file whose existence says the stage has finished (Snakemake's rule output)."""
+        return {"check": self.check_verdict, "sweep": self.sweep_table,
+                "select": self.select_file, "search": self.search_best,
+                "transfer": self.transfer_done, "target": self.target_table,
+                "report": self.report_file}[stage]
+
+
+def read_spec(study: Study):
+    """The study's resolved spec (``spec.yaml``, written by every stage), without the checks
+    that need the original machine (the corpus file may not exist where the folder is read)."""
+    from omegaconf import OmegaConf
+
+    from .spec import Spec
+
+    if not study.spec_file.exists():
+        raise FileNotFoundError(f"{study.spec_file} not found: is {study.root} a study folder "
+                                "(results/<study>)?")
+    merged = OmegaConf.merge(OmegaConf.structured(Spec), OmegaConf.load(study.spec_file))
+    return OmegaConf.to_object(merged)
 
 
 def write_json(path: Path, obj: Any) -> None:

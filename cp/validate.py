@@ -307,6 +307,7 @@ def semantic_checks(spec: dict, problems: list[Problem]) -> None:
         _check_range(problems, "data.val_fraction", vf, 0 < vf < 0.5, "0 < val_fraction < 0.5")
 
     stage_checks(spec, problems)
+    tracking_checks(spec, problems)
 
 
 
@@ -519,3 +520,20 @@ def stage_checks(spec: dict, problems: list[Problem]) -> None:
         if arm.get("multipliers") == "search" and not search.get("enabled", True):
             problems.append(Problem(f"{key}.multipliers", "'search' needs the search stage, "
                                     "which is disabled", "none, or search.enabled: true"))
+
+
+def tracking_checks(spec: dict, problems: list[Problem]) -> None:
+    """The tracking section: a URI MLflow can open (it is only contacted when a stage runs)."""
+    import re
+
+    t = spec.get("tracking", {})
+    uri = t.get("uri")
+    if isinstance(uri, str) and uri != "databricks" and not re.match(
+            r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+        problems.append(Problem("tracking.uri", f"{uri!r} is not a tracking URI",
+                                "a URI such as http://host:5000 or sqlite:///path/mlflow.db; "
+                                "unset: the embedded store in the study folder"))
+    exp = t.get("experiment")
+    if isinstance(exp, str) and not exp.strip():
+        problems.append(Problem("tracking.experiment", "empty experiment name",
+                                "a name, or unset for the study name"))

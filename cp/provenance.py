@@ -1,0 +1,47 @@
+"""Who ran a stage, with which code, and when: the record each stage leaves in its folder
+(``<stage>/stage.json``). Tracking tags its MLflow runs from it, so `cpt sync` can tag a study
+logged long after it ran with the commit that actually ran it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+STAGE_RECORD = "stage.json"
+
+
+def _git(*args: str) -> Optional[subprocess.CompletedProcess]:
+    # The package's own checkout, not the working directory: that is the code that runs.
+    here = Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> Optional[str]:
+    """The commit of the checkout cp runs from (None outside a git checkout), with a
+    ``-dirty`` suffix when tracked files have uncommitted changes."""
+    head = _git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0:
+        return None
+    diff = _git("diff", "--quiet", "HEAD", "--")
+    dirty = diff is not None and diff.returncode == 1
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def stage_record(stage: str, status: str, started: float,
+                 finished: Optional[float] = None, error: Optional[str] = None) -> dict[str, Any]:
+    """The provenance of one execution of ``stage`` (status: running, done or failed)."""
+    from . import __version__
+
+    return {"stage": stage, "status": status, "started": started, "finished": finished,
+            "error": error, "git_commit": git_commit(), "cp_version": __version__,
+            "host": socket.gethostname(), "pid": os.getpid(), "recorded": time.time()}
