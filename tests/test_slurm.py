@@ -137,8 +137,8 @@ def _release(job_id: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("how,tasks", [
     ("scontrol requeue", 1),   # what preemption with PreemptMode=REQUEUE does: SIGTERM, requeue
-    ("time limit", 1),         # submitit's signal, sent signal_delay_s before the time limit
-    ("time limit", 2),         # the same for a data-parallel job (2 gloo ranks)
+    ("time-limit signal", 1),  # submitit's signal, sent signal_delay_s before the time limit
+    ("time-limit signal", 2),  # the same for a data-parallel job (2 gloo ranks)
 ])
 def test_a_preempted_job_finishes_from_its_checkpoint_with_the_uninterrupted_loss(
         tmp_path, how, tasks):
