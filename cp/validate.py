@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 
 from .config import ArchConfig
 from .data import BUNDLED
+from .resources import SlurmSpec
 from .scaling import ALPHA_TABLES, AXES, GROUP_SETS, GROUPS, HP_KINDS, TABLES, eval_exponent
 
 # ---------------------------------------------------------------------------------------------
@@ -508,8 +509,6 @@ def _check_slurm(problems: list[Problem], key: str, slurm: dict, base: dict) -> 
 
 def launcher_checks(launcher: dict, problems: list[Problem]) -> None:
     """The launcher section: worker counts, SLURM resources and their per-stage overrides."""
-    from .spec import SlurmSpec  # the schema module imports this one
-
     for k in ("workers", "threads_per_run"):
         v = launcher.get(k)
         if isinstance(v, int):
