@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .launch import LaunchError
 from .spec import Spec, SpecError, load_spec
 
 EXIT_USER_ERROR = 2
@@ -432,7 +433,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SpecError as e:
         print(e.format(), file=sys.stderr)
         return EXIT_USER_ERROR
-    except (UserError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError, LaunchError) as e:
         print(f"cpt: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

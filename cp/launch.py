@@ -1,11 +1,12 @@
 """Runs a batch of planned runs: skips those with a result, executes the rest, records every
 outcome.
 
-Launchers: ``inline`` (one after another in this process) and ``local`` (a pool of worker
-processes, each importing torch once and taking runs as they free up). A run that raises is
-recorded as ``failed`` with the traceback's tail; a worker process that dies (out of memory, a
-signal) takes its runs with it and they are retried once in a fresh pool. Progress lines say
-the stage, runs done out of the total, and an ETA from the tokens still to train.
+Launchers: ``inline`` (one after another in this process), ``local`` (a pool of worker
+processes, each importing torch once and taking runs as they free up) and ``slurm`` (a job
+array through submitit, `cp.slurm`). A run that raises is recorded as ``failed`` with the
+traceback's tail; a worker process that dies (out of memory, a signal) takes its runs with it
+and they are retried once in a fresh pool. Progress lines say the stage, runs done out of the
+total, and an ETA from the tokens still to train.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ EVENTS_FILE = "events.jsonl"
 ResultHook = Callable[[PlannedRun, RunResult], None]
 
 
+class LaunchError(RuntimeError):
+    """Runs cannot be launched as configured (no SLURM here, a partition SLURM refuses, local
+    workers that die before starting anything): a setting or an environment the user must
+    fix, not a failed run."""
+
+
 def log_event(run_dir: Path, event: str, **info) -> None:
     """Append one line to the run's event log (start/finish per attempt: audit trail)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -42,33 +49,51 @@ def log_event(run_dir: Path, event: str, **info) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def execute(cfg: RunConfig, run_dir: Path, threads: int = 0) -> RunResult:
-    """Train one run into ``run_dir``; an exception becomes a recorded ``failed`` result."""
+def read_events(run_dir: Path) -> list[dict]:
+    """The run's event log, oldest first (empty if it has none)."""
+    path = run_dir / EVENTS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def execute(cfg: RunConfig, run_dir: Path, threads: int = 0,
+            should_stop: Optional[Callable[[], bool]] = None) -> RunResult:
+    """Train one run into ``run_dir``; an exception becomes a recorded ``failed`` result.
+    ``should_stop`` asks the run to stop at a checkpoint (see `cp.train.train`). In a
+    data-parallel process group every rank calls this; rank 0 alone writes."""
+    from .distributed import is_writer
     from .train import train
 
     if threads:
         cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime,
                                                                    threads=threads))
-    log_event(run_dir, "start")
+    writer = is_writer()
+
+    def note_resume(rec: dict) -> None:
+        if writer and rec.get("event") == "resumed":
+            log_event(run_dir, "resumed", step=rec["step"])
+
+    if writer:
+        log_event(run_dir, "start")
     try:
-        result = train(cfg, run_dir)
+        result = train(cfg, run_dir, log=note_resume, should_stop=should_stop)
     except Exception as e:  # a crash is a result, not the end of the study
         tail = "".join(traceback.format_exception(e))[-2000:]
         result = RunResult(run_id=cfg.run_id(), status="failed", diverged=False,
                            reason=f"{type(e).__name__}: {e}\n{tail}", steps=0,
                            total_steps=cfg.scale.steps, tokens=0, final_val_loss=float("nan"))
-        write_json_atomic(run_dir / RESULT_FILE, result.to_dict())
-    log_event(run_dir, "finish", status=result.status)
+        if writer:
+            write_json_atomic(run_dir / RESULT_FILE, result.to_dict())
+    if writer:
+        log_event(run_dir, "finish", status=result.status,
+                  **({"step": result.steps} if result.status == "stopped" else {}))
     return result
 
 
 def _started_here(run_dir: Path, since: float) -> bool:
     """Whether the run started after ``since`` and has not finished (per its event log)."""
-    path = run_dir / EVENTS_FILE
-    if not path.exists():
-        return False
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    recent = [e["event"] for e in events if e["time"] >= since]
+    recent = [e["event"] for e in read_events(run_dir) if e["time"] >= since]
     return recent.count("start") > recent.count("finish")
 
 
@@ -116,7 +141,8 @@ def resolve_workers(spec: LauncherSpec, n_runs: int) -> tuple[int, int]:
     return workers, threads
 
 
-def _failed(pr: PlannedRun, reason: str, study: Study) -> RunResult:
+def record_failed(pr: PlannedRun, reason: str, study: Study) -> RunResult:
+    """Record ``pr`` as failed (a result like any other) and return that result."""
     result = RunResult(run_id=pr.run_id, status="failed", diverged=False, reason=reason,
                        steps=0, total_steps=pr.config.scale.steps, tokens=0,
                        final_val_loss=float("nan"))
@@ -127,17 +153,14 @@ def _failed(pr: PlannedRun, reason: str, study: Study) -> RunResult:
 RunFn = Callable[[RunConfig, Path, int], RunResult]
 
 
-class LaunchError(RuntimeError):
-    """Runs cannot be launched at all (a broken environment, not a failed run)."""
-
-
 class Launcher:
     """Runs batches of planned runs for one stage; a process pool, once started, serves every
     batch of the stage (a search's many small batches pay for torch's start-up once).
 
     ``max_parallel`` caps the pool (a search with 2 trials in flight needs 2 workers, and
     each can then have more threads). ``fn`` trains one run; it must be importable by worker
-    processes.
+    processes. With ``kind: slurm`` each batch is a job array (`cp.slurm`) and every job
+    trains with `execute` (``fn`` and the pool are not used).
     """
 
     def __init__(self, study: Study, spec: LauncherSpec, stage: str,
@@ -186,12 +209,16 @@ class Launcher:
             if unique:
                 echo(f"[{stage}] all {len(unique)} runs already have results")
             return results
-        if self._shape is None:
-            self._shape = resolve_workers(self.spec, self.max_parallel or len(todo))
-        workers, threads = self._shape
-        inline = self.spec.kind == "inline" or workers == 1
-        echo(f"[{stage}] {len(todo)} runs to train ({len(results)} cached), "
-             f"{'inline' if inline else f'{workers} worker(s)'} x {threads} thread(s)")
+        slurm = self.spec.kind == "slurm"
+        if slurm:
+            how = "on SLURM"
+        else:
+            if self._shape is None:
+                self._shape = resolve_workers(self.spec, self.max_parallel or len(todo))
+            workers, threads = self._shape
+            inline = self.spec.kind == "inline" or workers == 1
+            how = f"{'inline' if inline else f'{workers} worker(s)'} x {threads} thread(s)"
+        echo(f"[{stage}] {len(todo)} runs to train ({len(results)} cached), {how}")
         progress = _Progress(stage, len(unique), len(results), sum(p.tokens for p in todo),
                              started=time.perf_counter())
 
@@ -201,12 +228,17 @@ class Launcher:
             if self.on_result is not None:
                 self.on_result(pr, result)
 
+        if slurm:
+            from .slurm import run_batch
+
+            run_batch(todo, self.study, self.spec, stage, finished, echo)
+            return results
         if inline:
             for pr in todo:
                 try:
                     result = self.fn(pr.config, self.study.run_dir(pr.run_id), threads)
                 except Exception as e:
-                    result = _failed(pr, f"{type(e).__name__}: {e}", self.study)
+                    result = record_failed(pr, f"{type(e).__name__}: {e}", self.study)
                 finished(pr, result)
             return results
 
@@ -226,7 +258,7 @@ class Launcher:
                     broken.append(pr)
                     continue
                 except Exception as e:  # raised outside train()'s own guard
-                    result = _failed(pr, f"{type(e).__name__}: {e}", self.study)
+                    result = record_failed(pr, f"{type(e).__name__}: {e}", self.study)
                 finished(pr, result)
             if broken or isolated:
                 self.close()  # a broken pool cannot be reused; an isolated one is done
@@ -257,8 +289,8 @@ class Launcher:
                         "script, guard the script with `if __name__ == '__main__':` "
                         "(worker processes are spawned and import the main module); "
                         "otherwise check that `python -c 'import torch, cp'` works.")
-                finished(pr, _failed(pr, "its worker process died twice (out of memory? "
-                                         "killed?)", self.study))
+                finished(pr, record_failed(pr, "its worker process died twice (out of memory? "
+                                               "killed?)", self.study))
         return results
 
 

@@ -24,6 +24,7 @@ from .config import (
 )
 from .coord import CoordConfig
 from .data import DataConfig
+from .resources import SlurmSpec
 from .scaling import HPs, Multipliers, Scale
 from .schedule import ScheduleConfig
 from .search.trrs import TRRSConfig
@@ -187,14 +188,32 @@ class TargetsSpec:
 class LauncherSpec:
     """Where runs execute (usually set by the Snakemake profile)."""
 
-    kind: Literal["inline", "local"] = "local"
-    """``inline``: one after another in the stage's process; ``local``: a process pool."""
+    kind: Literal["inline", "local", "slurm"] = "local"
+    """``inline``: one after another in the stage's process; ``local``: a process pool;
+    ``slurm``: one SLURM job per run (job arrays through submitit)."""
     workers: int = 0
     """Runs in parallel (local); 0: one per CPU core."""
     threads_per_run: int = 0
     """torch threads per run; 0: CPU cores / workers."""
     retry_failed: bool = False
     """Train runs recorded as failed again (e.g. after fixing what made them crash)."""
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    """Job resources when kind is ``slurm``."""
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-stage SLURM resources merged over ``slurm``: stage (sweep, search, target) ->
+    keys of ``slurm`` (``{target: {gpus_per_node: 8, nodes: 2}}``)."""
+
+    def slurm_for(self, stage: str) -> SlurmSpec:
+        """The SLURM resources of ``stage``'s jobs: ``slurm`` with the stage's overrides."""
+        changes = self.stages.get(stage) or {}
+        if not changes:
+            return self.slurm
+        problems: list[Problem] = []
+        merged = coerce({**dataclasses.asdict(self.slurm), **changes}, SlurmSpec,
+                        f"launcher.stages.{stage}", problems)
+        if problems:
+            raise SpecError("<launcher>", problems)
+        return SlurmSpec(**merged)
 
 
 @dataclass
@@ -346,4 +365,5 @@ def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> Spec:
     return build_spec(raw, str(path))
 
 
-__all__ = ["ModelSpec", "Problem", "Spec", "SpecError", "build_spec", "load_spec", "validate"]
+__all__ = ["ModelSpec", "Problem", "SlurmSpec", "Spec", "SpecError", "build_spec", "load_spec",
+           "validate"]

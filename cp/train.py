@@ -5,6 +5,12 @@ The loop is nanoGPT's: draw the step's batch, forward, backward, AdamW step, sch
 Around it: periodic evaluation on the study's fixed validation sequences, divergence detection
 (a NaN/inf loss or a blow-up ends the run with diverged=True), and checkpoints from which a
 killed run continues bit-identically on CPU (batches depend only on (seed, step)).
+
+Data parallel: in a torch.distributed process group (`cp.distributed`) the model is wrapped in
+DistributedDataParallel and rank r of W takes rows r, r+W, ... of each step's global batch, so
+the effective batch -- which the transfer rules scale with -- is the single-process one. Rank 0
+alone writes the run's files; every rank logs the global mean loss and takes the same decisions
+(divergence, stopping), so they stay in lockstep.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 
 from .config import CONFIG_FILE, RESULT_FILE, RunConfig, RunResult, write_json_atomic
 from .data import TokenData
+from .distributed import rank_and_world
 from .model import GPT
 from .optim import build_optimizer
 
@@ -89,20 +96,40 @@ def _save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether any rank raised ``flag`` (all ranks must call this at the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
-          stop_after: Optional[int] = None, log: Optional[LogFn] = None) -> RunResult:
+          stop_after: Optional[int] = None, log: Optional[LogFn] = None,
+          should_stop: Optional[Callable[[], bool]] = None) -> RunResult:
     """Train one run. With ``out_dir`` the run writes its config, checkpoints and result
     there, and resumes from a checkpoint it finds. ``stop_after`` ends the session after that
-    many total steps with status ``stopped`` (a checkpoint is left to resume from). ``log``
-    receives progress records ({step, total_steps, train_loss | val_loss, ...})."""
+    many total steps with status ``stopped`` (a checkpoint is left to resume from);
+    ``should_stop`` does the same at the first loss read-out (every ``train.log_every`` steps)
+    after it returns True (a job told to make way: preemption, time limit). ``log`` receives
+    progress records ({step, total_steps, train_loss | val_loss, ...})."""
     t_start = time.perf_counter()
     rt = cfg.runtime
     if rt.threads:
         torch.set_num_threads(rt.threads)
     device = pick_device(rt.device)
     run_id = cfg.run_id()
+    rank, world = rank_and_world()
+    if cfg.scale.batch < world:
+        raise ValueError(f"a global batch of {cfg.scale.batch} sequences cannot be split over "
+                         f"{world} data-parallel ranks; use at most {cfg.scale.batch} "
+                         "processes (launcher.slurm.tasks_per_node x nodes)")
+    writer = rank == 0  # the other ranks train and read, never write
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    if out is not None and writer:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / CONFIG_FILE, {"run_id": run_id, "config": cfg.to_dict(),
                                               "resolved": cfg.resolved()})
@@ -130,7 +157,20 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
         if log:
             log({"event": "resumed", "step": state["step"], "total_steps": total_steps})
 
-    fwd = torch.compile(model) if rt.compile else model
+    fwd: torch.nn.Module = model
+    rows: Optional[slice] = None
+    n_rows = cfg.scale.batch
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        fwd = DistributedDataParallel(model)
+        rows = slice(rank, None, world)
+        n_rows = len(range(rank, cfg.scale.batch, world))
+    fwd = torch.compile(fwd) if rt.compile else fwd
+    # DDP averages gradients over ranks; scaling each rank's mean loss by its share of the
+    # global batch makes that average the gradient of the global batch's mean loss (exact for
+    # uneven splits too).
+    loss_scale = n_rows * world / cfg.scale.batch
     use_bf16 = cfg.train.precision == "bf16"
 
     def autocast():
@@ -161,26 +201,40 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
         state["train_curve"].append([step, sum(values) / len(values)])
         return divergence.update(values)
 
+    def global_mean(ce: torch.Tensor) -> torch.Tensor:
+        """The global batch's mean cross-entropy, on every rank."""
+        if world == 1:
+            return ce
+        import torch.distributed as dist
+
+        share = ce * (n_rows / cfg.scale.batch)
+        dist.all_reduce(share)
+        return share
+
     step = state["step"]
     while step < total_steps:
-        x, y = data.train_batch(step, cfg.scale.batch, cfg.scale.seq_len, cfg.seed)
+        x, y = data.train_batch(step, cfg.scale.batch, cfg.scale.seq_len, cfg.seed, rows=rows)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             loss, ce = fwd(x, y)
-        loss.backward()
+        (loss if loss_scale == 1 else loss * loss_scale).backward()
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        pending.append(ce.detach().float())
+        pending.append(global_mean(ce.detach().float()))
         step += 1
 
         is_eval = step in evals
+        stop_requested = False
         if step % cfg.train.log_every == 0 or is_eval or step == total_steps:
             reason = flush_losses(step)
             if reason:
                 break
+            if should_stop is not None or world > 1:
+                stop_requested = _agree(should_stop is not None and should_stop(), world,
+                                        device)
             if log:
                 log({"step": step, "total_steps": total_steps,
                      "train_loss": state["train_curve"][-1][1]})
@@ -196,11 +250,12 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
             if log:
                 log({"step": step, "total_steps": total_steps, "val_loss": val})
 
-        stop_now = stop_after is not None and stop_after <= step < total_steps
+        stop_now = step < total_steps and (
+            stop_requested or (stop_after is not None and stop_after <= step))
         now = time.perf_counter()
         due = (rt.checkpoint_every and step % rt.checkpoint_every == 0) or (
             rt.checkpoint_seconds and now - clock["last_ckpt"] > rt.checkpoint_seconds)
-        if ckpt_path is not None and (stop_now or due) and step < total_steps:
+        if ckpt_path is not None and writer and (stop_now or due) and step < total_steps:
             stop_train_clock()
             state.update(step=step, divergence=divergence.state(),
                          wall_before=wall_before + now - t_start,
@@ -209,6 +264,10 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
             state.pop("pending")
             clock["train_from"] = clock["last_ckpt"] = time.perf_counter()
         if stop_now:
+            if world > 1:  # rank 0's checkpoint is on disk before any rank leaves
+                import torch.distributed as dist
+
+                dist.barrier()
             break
 
     stop_train_clock()
@@ -224,7 +283,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
         tokens_per_s=step * tokens_per_step / state["train_time"] if state["train_time"] else 0.0,
         wall_s=wall_before + time.perf_counter() - t_start, n_params=n_params,
     )
-    if out is not None:
+    if out is not None and writer:
         if status == "completed" and rt.keep_checkpoint:
             _save_checkpoint(ckpt_path, model, opt, sched, {**state, "step": step, "pending": []})
         elif status in ("completed", "diverged") and ckpt_path.exists():

@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 
 from .config import ArchConfig
 from .data import BUNDLED
+from .resources import SlurmSpec
 from .scaling import ALPHA_TABLES, AXES, GROUP_SETS, GROUPS, HP_KINDS, TABLES, eval_exponent
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +57,8 @@ def _suggest(bad: str, allowed: list[str]) -> str:
 
 
 def type_name(tp: Any) -> str:
+    if tp is Any:
+        return "any value"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
@@ -308,6 +311,7 @@ def semantic_checks(spec: dict, problems: list[Problem]) -> None:
 
     stage_checks(spec, problems)
     tracking_checks(spec, problems)
+    launcher_checks(spec.get("launcher") or {}, problems)
 
 
 
@@ -537,3 +541,67 @@ def tracking_checks(spec: dict, problems: list[Problem]) -> None:
     if isinstance(exp, str) and not exp.strip():
         problems.append(Problem("tracking.experiment", "empty experiment name",
                                 "a name, or unset for the study name"))
+
+
+# Stages whose runs go through the launcher (per-stage SLURM resources apply to these).
+LAUNCHED_STAGES = ("sweep", "search", "target")
+# Allowed range of each numeric SLURM key: (lowest value, what the message says).
+SLURM_RANGES = {"gpus_per_node": (0, "an integer >= 0"), "nodes": (1, "an integer >= 1"),
+                "tasks_per_node": (0, "an integer >= 0 (0: one per GPU)"),
+                "cpus_per_task": (1, "an integer >= 1"), "time_min": (1, "minutes >= 1"),
+                "signal_delay_s": (0, "seconds >= 0"), "max_timeouts": (0, "an integer >= 0"),
+                "array_parallelism": (1, "an integer >= 1")}
+
+
+def _check_slurm(problems: list[Problem], key: str, slurm: dict, base: dict) -> None:
+    """The keys set in ``slurm``; ``base`` holds the values they are merged over."""
+    for k, (lo, allowed) in SLURM_RANGES.items():
+        v = slurm.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            _check_range(problems, f"{key}.{k}", v, v >= lo, allowed)
+    for k in ("mem_gb", "poll_s"):
+        v = slurm.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            _check_range(problems, f"{key}.{k}", v, v > 0 and math.isfinite(v), "> 0")
+    if "signal_delay_s" in slurm or "time_min" in slurm:
+        merged = {**base, **slurm}
+        delay, limit = merged["signal_delay_s"], merged["time_min"]
+        if isinstance(delay, int) and isinstance(limit, int) and limit >= 1 and \
+                delay >= limit * 60:
+            problems.append(Problem(f"{key}.signal_delay_s", f"{delay} s is not within the "
+                                    f"time limit of {limit} min (time_min): a job would be "
+                                    "told to checkpoint as soon as it starts",
+                                    f"signal_delay_s < {limit * 60}"))
+
+
+def launcher_checks(launcher: dict, problems: list[Problem]) -> None:
+    """The launcher section: worker counts, SLURM resources and their per-stage overrides."""
+    for k in ("workers", "threads_per_run"):
+        v = launcher.get(k)
+        if isinstance(v, int):
+            _check_range(problems, f"launcher.{k}", v, v >= 0, "an integer >= 0 (0: automatic)")
+    defaults = dataclasses.asdict(SlurmSpec())
+    slurm = launcher.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        slurm = {}
+    _check_slurm(problems, "launcher.slurm", slurm, defaults)
+    hints = typing.get_type_hints(SlurmSpec)
+    for stage, keys in (launcher.get("stages") or {}).items():
+        key = f"launcher.stages.{stage}"
+        if stage not in LAUNCHED_STAGES:
+            problems.append(Problem(key, f"{stage!r} is not a stage that trains runs" +
+                                    _suggest(stage, list(LAUNCHED_STAGES)),
+                                    ", ".join(LAUNCHED_STAGES)))
+            continue
+        if not isinstance(keys, dict):
+            problems.append(Problem(key, f"expected a mapping of launcher.slurm keys, got "
+                                    f"{keys!r}", ", ".join(hints)))
+            continue
+        checked = {}
+        for k, v in keys.items():
+            if k not in hints:
+                problems.append(Problem(f"{key}.{k}", "unknown key" + _suggest(k, list(hints)),
+                                        ", ".join(hints)))
+                continue
+            checked[k] = coerce(v, hints[k], f"{key}.{k}", problems)
+        _check_slurm(problems, key, checked, {**defaults, **slurm})

@@ -92,3 +92,17 @@ def tracked_smoke(tmp_path_factory):
         yield t
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM cluster (tests/slurm_cluster.py), up for the whole session."""
+    from tests.slurm_cluster import ClusterUnavailable, local_cluster
+
+    cluster = local_cluster()
+    try:
+        cluster.__enter__()
+    except ClusterUnavailable as e:
+        pytest.skip(f"SLURM TESTS NOT RUN -- the local cluster cannot start: {e}")
+    yield
+    cluster.__exit__(None, None, None)
