@@ -333,10 +333,15 @@ def cmd_sync(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import rebuild
+    from .report import publish, rebuild
 
     path = rebuild(args.study)
     print(f"report: {path} and {path.with_suffix('.html')}")
+    if args.publish:
+        from .study import Study
+
+        out = publish(Study(Path(args.study)), args.publish)
+        print(f"published: {out} (figures in {out.with_suffix('')}/)")
     return 0
 
 
@@ -422,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="Rebuild a study's report from its folder alone.")
     rp.add_argument("study", help="study folder, e.g. results/demo")
+    rp.add_argument("--publish", metavar="PATH.md", default=None,
+                    help="also write the report to PATH.md with its figures in PATH/ and a "
+                    "note of the machine and commit the numbers came from (e.g. "
+                    "docs/results.md)")
     rp.set_defaults(fn=cmd_report)
     return p
 

@@ -4,6 +4,7 @@ logged long after it ran with the commit that actually ran it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -37,6 +38,32 @@ def git_commit() -> Optional[str]:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
+@functools.lru_cache(maxsize=1)
+def machine() -> str:
+    """The machine in words: CPU model and cores, GPU if torch sees one (without importing
+    torch when it is not loaded yet), Python and torch versions."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} cores"]
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        parts.append(f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        parts.append(f"torch {metadata.version('torch')}")
+    parts.append(f"Python {platform.python_version()}")
+    return ", ".join(parts)
+
+
 def stage_record(stage: str, status: str, started: float,
                  finished: Optional[float] = None, error: Optional[str] = None) -> dict[str, Any]:
     """The provenance of one execution of ``stage`` (status: running, done or failed)."""
@@ -44,4 +71,5 @@ def stage_record(stage: str, status: str, started: float,
 
     return {"stage": stage, "status": status, "started": started, "finished": finished,
             "error": error, "git_commit": git_commit(), "cp_version": __version__,
-            "host": socket.gethostname(), "pid": os.getpid(), "recorded": time.time()}
+            "host": socket.gethostname(), "machine": machine(), "pid": os.getpid(),
+            "recorded": time.time()}

@@ -267,6 +267,72 @@ def _ablation_verdict(block: str, kind: str, axis: str, shifts: list[dict]) -> s
     return head + f" **{best['parameterisation']}** keeps the optimum stillest."
 
 
+BUDGETS = (8, 16, 32, 48, 64, 96, 128, 200, 256, 400)
+
+
+def search_comparison_section(doc: Doc, data: dict, level: int = 1,
+                              found: Optional[Findings] = None) -> None:
+    """The per-module searchers compared (benchmarks/search_comparison.py's numbers): on the
+    study's proxy, and on a synthetic landscape with a known optimum."""
+    doc.p(f"Run {data['date']} on {data['machine']}, commit {data['commit']}, by "
+          f"`{data['command']}` ({data['wall_min']:.0f} min).")
+    real = data.get("real")
+    if real:
+        p = real["proxy"]
+        doc.h(level, f"Per-module search of the `{real['spec']}` proxy")
+        doc.p(f"Proxy: width {p['width']}, depth {p['depth']}, {p['tokens']:,} tokens; "
+              f"{real['dims']} log2 multipliers (kinds {', '.join(real['kinds'])}) in "
+              f"±{real['radius']:g}; {real['batch']} trials in flight; search seed "
+              f"{real['seed']}; every trial trained with seed {real['explore_seed']} "
+              "(re-evaluations inside TRRS use other seeds and count against the budget). "
+              "Best single-seed final validation loss seen after n trials, and the point each "
+              f"algorithm recommends re-evaluated on seeds {real['reeval_seeds']}:")
+        budgets = [b for b in BUDGETS if b < real["trials"]] + [real["trials"]]
+        algs = real["algorithms"]
+        target = algs["random"]["best_so_far"][-1] if "random" in algs else None
+
+        def reach(curve: list[float]) -> str:
+            if target is None:
+                return "-"
+            return next((str(i + 1) for i, v in enumerate(curve) if v <= target), "never")
+
+        g = real["global"]
+        rows = [[alg, *(_fmt(a["best_so_far"][b - 1]) for b in budgets),
+                 reach(a["best_so_far"]),
+                 f"{_fmt(a['recommended']['mean'])} ± {_fmt(a['recommended']['std'], 2)}"]
+                for alg, a in algs.items()]
+        rows.append(["global optimum (no search)", *("" for _ in budgets), "",
+                     f"{_fmt(g['mean'])} ± {_fmt(g['std'], 2)}"])
+        doc.table(["algorithm", *(f"n={b}" for b in budgets),
+                   "trials to reach random's final best", "recommended, fresh seeds"], rows)
+        best = min(algs, key=lambda a: algs[a]["recommended"]["mean"])
+        beat = [a for a, v in algs.items()
+                if v["recommended"]["mean"] < g["mean"] - g["std"]]
+        text = (f"**Search comparison**: on fresh seeds, {best}'s recommended point is best "
+                f"({_fmt(algs[best]['recommended']['mean'])} against the global optimum's "
+                f"{_fmt(g['mean'])} ± {_fmt(g['std'], 2)}); "
+                + (f"{', '.join(beat)} beat the global optimum by more than its seed spread."
+                   if beat else "none beats the global optimum by more than its seed spread."))
+        doc.p(text)
+        if found is not None:
+            found.claim("search_comparison", text, best=best,
+                        recommended={a: v["recommended"]["mean"] for a, v in algs.items()},
+                        global_mean=g["mean"])
+    syn = data.get("synthetic")
+    if syn:
+        doc.h(level, f"Synthetic landscape, {syn['dim']} dimensions")
+        doc.p(f"`cp.search.synthetic.CliffLandscape(dim={syn['dim']})`: a quadratic bowl with "
+              "curvatures spanning 15x, optimum loss 1.0 just below a wiggly divergence "
+              "cliff, seed noise 0.002. Trials until the recommended point's noise-free loss "
+              f"is within 1% of the optimum (budget {syn['budget']}, batch 4), per landscape "
+              "seed:")
+        doc.table(["algorithm", *(f"seed {i}" for i in range(syn["seeds"])), "reached",
+                   "final loss (mean)"],
+                  [[alg, *(str(r) if r else "-" for r in a["reached"]),
+                    f"{sum(r is not None for r in a['reached'])}/{syn['seeds']}",
+                    _fmt(statistics.fmean(a["final"]))] for alg, a in syn["algorithms"].items()])
+
+
 def search_section(study: Study, doc: Doc, found: Findings) -> None:
     from .plots import plot_multiplier_heatmap
 
@@ -478,9 +544,8 @@ def runs_section(study: Study, doc: Doc) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_report(spec: Spec, study: Study) -> Path:
-    """Write the report of ``study`` (report.md, report.html, figures, summary.json); return
-    the Markdown file's path."""
+def document(spec: Spec, study: Study) -> tuple[Doc, Findings]:
+    """The report of ``study`` as a document (figures written to the report folder)."""
     study.report_dir.mkdir(parents=True, exist_ok=True)
     body, found = Doc(""), Findings()
     check_section(study, body, found)
@@ -488,6 +553,10 @@ def build_report(spec: Spec, study: Study) -> Path:
     sub_rows = transfer_section(spec, study, body, found)
     ablation_section(spec, study, body, found)
     search_section(study, body, found)
+    comparison = study.root / "search_comparison.json"
+    if comparison.exists():
+        body.h(1, "Search algorithms compared")
+        search_comparison_section(body, read_json(comparison), level=2, found=found)
     target_section(spec, study, body, found, sub_rows)
     runs_section(study, body)
 
@@ -502,11 +571,61 @@ def build_report(spec: Spec, study: Study) -> Path:
     for c in found.claims:
         doc.p(c["text"])
     doc.blocks += body.blocks
+    return doc, found
+
+
+def build_report(spec: Spec, study: Study) -> Path:
+    """Write the report of ``study`` (report.md, report.html, figures, summary.json); return
+    the Markdown file's path."""
+    doc, found = document(spec, study)
     write_text(study.report_file, doc.markdown(study.report_dir))
     write_text(study.report_dir / "report.html", doc.html())
     write_json(study.report_dir / "summary.json",
                {"study": spec.name, "claims": found.claims, "metrics": found.metrics})
     return study.report_file
+
+
+def provenance(study: Study) -> str:
+    """Where a study's numbers came from: the machines and commits in its stage records."""
+    from .provenance import STAGE_RECORD
+
+    records = [read_json(p) for p in sorted(study.root.glob(f"*/{STAGE_RECORD}"))]
+    commits = sorted({r["git_commit"] for r in records if r.get("git_commit")})
+    machines = sorted({r.get("machine") or r.get("host", "?") for r in records})
+    ran = [r["started"] for r in records if r.get("started")]
+    when = (f"{datetime.date.fromtimestamp(min(ran)).isoformat()} to "
+            f"{datetime.date.fromtimestamp(max(ran)).isoformat()}") if ran else "unknown dates"
+    return (f"The study ran {when} on {'; '.join(machines) or 'an unrecorded machine'}, "
+            f"from commit {', '.join(c[:12] for c in commits) or 'unknown'}.")
+
+
+def publish(study: Study, path: str | Path) -> Path:
+    """The report as ``path`` (Markdown) with its figures in a folder beside it (``results.md``
+    -> ``results/``), headed by where the numbers came from: for a repository's docs."""
+    import shutil
+
+    from .doc import Figure
+    from .study import read_spec
+
+    path = Path(path)
+    figures = path.with_suffix("")
+    if figures.exists():
+        shutil.rmtree(figures)
+    figures.mkdir(parents=True)
+    spec = read_spec(study)
+    doc, _ = document(spec, study)
+    for i, b in enumerate(doc.blocks):
+        if isinstance(b, Figure):
+            dest = figures / b.path.name
+            shutil.copyfile(b.path, dest)
+            doc.blocks[i] = Figure(dest, b.alt)
+    text = doc.markdown(path.parent)
+    head, _, rest = text.partition("\n\n")
+    note = (f"Generated by `cpt report {study.root} --publish {path}` on "
+            f"{datetime.date.today().isoformat()}, from the study folder alone (not typed by "
+            f"hand). {provenance(study)}")
+    write_text(path, f"{head}\n\n{note}\n\n{rest}")
+    return path
 
 
 def rebuild(folder: str | Path) -> Path:

@@ -154,3 +154,15 @@ def test_runs_table_holds_every_run_of_the_study_with_its_stage(tracked_smoke):
         assert set(table.filter(pl.col("stage") == stage)["run_id"]) == listed
     assert table["lr"].null_count() == 0 and np.all(table["lr"].to_numpy() > 0)
     assert table.filter(pl.col("stage").is_null()).is_empty()  # every run belongs to a stage
+
+
+def test_publish_writes_the_report_with_its_figures_and_where_the_numbers_came_from(
+        tracked_smoke, tmp_path):
+    from cp.report import publish
+    from cp.study import Study
+
+    out = publish(Study(tracked_smoke.study), tmp_path / "docs" / "results.md")
+    text = out.read_text()
+    assert "not typed by hand" in text and "from commit" in text and "cores" in text
+    links = re.findall(r"\]\((results/[^)]+\.png)\)", text)
+    assert links and all((out.parent / link).exists() for link in links)
