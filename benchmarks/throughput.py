@@ -27,12 +27,20 @@ from cp.scaling import Scale
 from cp.schedule import ScheduleConfig
 
 
+class RefRMSNorm(nn.RMSNorm):
+    """nn.RMSNorm with its weight cast to the input's dtype: under bf16 autocast the fp32
+    weight would knock it off the fused kernel (cp's RMSNorm does the same)."""
+
+    def forward(self, x):
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 class RefBlock(nn.Module):
     def __init__(self, d: int, hd: int, hidden: int):
         super().__init__()
         self.n_head, self.hd = d // hd, hd
-        self.ln1, self.ln2 = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
-        self.q_norm, self.k_norm = nn.RMSNorm(hd, eps=1e-6), nn.RMSNorm(hd, eps=1e-6)
+        self.ln1, self.ln2 = RefRMSNorm(d, eps=1e-6), RefRMSNorm(d, eps=1e-6)
+        self.q_norm, self.k_norm = RefRMSNorm(hd, eps=1e-6), RefRMSNorm(hd, eps=1e-6)
         self.c_attn = nn.Linear(d, 3 * d, bias=False)
         self.c_proj = nn.Linear(d, d, bias=False)
         self.w_gate = nn.Linear(d, hidden, bias=False)
@@ -57,7 +65,7 @@ class RefGPT(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(vocab, d)
         self.blocks = nn.ModuleList(RefBlock(d, hd, hidden) for _ in range(depth))
-        self.ln_f = nn.RMSNorm(d, eps=1e-6)
+        self.ln_f = RefRMSNorm(d, eps=1e-6)
         self.lm_head = nn.Linear(d, vocab, bias=False)
         cos, sin = rope_tables(seq_len, hd, 10000.0)
         self.register_buffer("cos", cos, persistent=False)
@@ -84,8 +92,12 @@ class RefGPT(nn.Module):
 
 def measure(width: int = 256, depth: int = 4, batch: int = 16, seq_len: int = 128,
             steps: int = 30, rounds: int = 5, parameterisation: str = "completed_p",
-            device: str | None = None) -> dict:
-    """Median step time of ours and of the reference, timed in alternating rounds."""
+            device: str | None = None, precision: str = "fp32",
+            compile: bool = False) -> dict:
+    """Median step time of ours and of the reference, timed in alternating rounds, both in
+    ``precision`` (fp32, or bf16 autocast) and both compiled or both eager."""
+    from contextlib import nullcontext
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     arch = ArchConfig(head_dim=32, mlp="swiglu", mlp_ratio=3.0, qk_norm=True)
     scale = Scale(width, depth, batch, batch * seq_len * 10**6, seq_len)
@@ -105,15 +117,23 @@ def measure(width: int = 256, depth: int = 4, batch: int = 16, seq_len: int = 12
     n_ref = sum(p.numel() for p in ref.parameters())
     assert n_ours == n_ref, (n_ours, n_ref)
 
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) \
+        if precision == "bf16" else nullcontext
+    ours_fwd = torch.compile(ours) if compile else ours
+    ref_fwd = torch.compile(ref) if compile else ref
+
     def ours_step(x, y):
-        loss, _ = ours(x, y)
+        with autocast():
+            loss, _ = ours_fwd(x, y)
         loss.backward()
         ours_opt.step()
         ours_sched.step()
         ours_opt.zero_grad(set_to_none=True)
 
     def ref_step(x, y):
-        ref(x, y).backward()
+        with autocast():
+            loss = ref_fwd(x, y)
+        loss.backward()
         ref_opt.step()
         ref_opt.zero_grad(set_to_none=True)
 
@@ -130,7 +150,7 @@ def measure(width: int = 256, depth: int = 4, batch: int = 16, seq_len: int = 12
             torch.cuda.synchronize()
         return (time.perf_counter() - t) / len(batches)
 
-    time_round(ours_step)  # warm-up both (allocator, kernels)
+    time_round(ours_step)  # warm-up both (allocator, kernels, compilation)
     time_round(ref_step)
     t_ours, t_ref = [], []
     for _ in range(rounds):
@@ -139,6 +159,7 @@ def measure(width: int = 256, depth: int = 4, batch: int = 16, seq_len: int = 12
     mo, mr = statistics.median(t_ours), statistics.median(t_ref)
     return {"device": str(dev), "threads": torch.get_num_threads(), "params": n_ours,
             "width": width, "depth": depth, "batch": batch, "seq_len": seq_len,
+            "precision": precision, "compile": compile,
             "param_groups": len(ours_opt.param_groups), "ours_s": mo, "ref_s": mr,
             "ratio": mo / mr, "tokens_per_s": batch * seq_len / mo}
 
@@ -153,11 +174,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per model")
     ap.add_argument("--parameterisation", default="completed_p")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = ap.parse_args()
     r = measure(args.width, args.depth, args.batch, args.seq_len, args.steps, args.rounds,
-                args.parameterisation, args.device)
+                args.parameterisation, args.device, args.precision, args.compile)
     tok = r["batch"] * r["seq_len"]
-    print(f"device {r['device']}, {r['threads']} threads, {r['params'] / 1e6:.2f}M params, "
+    print(f"device {r['device']} ({r['precision']}{', compiled' if r['compile'] else ''}), "
+          f"{r['threads']} threads, {r['params'] / 1e6:.2f}M params, "
           f"width {r['width']} depth {r['depth']} batch {r['batch']}x{r['seq_len']}, "
           f"{r['param_groups']} param groups (ref: 2)")
     print(f"ours      {r['ours_s'] * 1e3:8.2f} ms/step  {tok / r['ours_s']:10.0f} tokens/s")

@@ -40,10 +40,9 @@ def git_commit() -> Optional[str]:
 
 @functools.lru_cache(maxsize=1)
 def machine() -> str:
-    """The machine in words: CPU model and cores, GPU if torch sees one (without importing
-    torch when it is not loaded yet), Python and torch versions."""
+    """The machine in words: CPU model and cores, GPUs (from nvidia-smi), torch and Python
+    versions."""
     import platform
-    import sys
     from importlib import metadata
 
     cpu = platform.processor() or platform.machine()
@@ -55,9 +54,14 @@ def machine() -> str:
     except OSError:
         pass
     parts = [f"{cpu}, {os.cpu_count()} cores"]
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        parts.append(f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+    try:  # nvidia-smi answers without importing torch (this runs in light processes too)
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10).stdout.split("\n")
+        gpus = [g.strip() for g in gpus if g.strip()]
+        if gpus:
+            parts.append(f"{len(gpus)} x {gpus[0]}")
+    except (OSError, subprocess.SubprocessError):
+        pass
     with contextlib.suppress(metadata.PackageNotFoundError):
         parts.append(f"torch {metadata.version('torch')}")
     parts.append(f"Python {platform.python_version()}")
