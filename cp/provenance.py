@@ -29,7 +29,10 @@ def _git(*args: str) -> Optional[subprocess.CompletedProcess]:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> Optional[str]:
     """The commit of the checkout cp runs from (None outside a git checkout), with a
-    ``-dirty`` suffix when tracked files have uncommitted changes."""
+    ``-dirty`` suffix when tracked files have uncommitted changes. $CP_GIT_COMMIT wins: for
+    code deployed without its .git folder."""
+    if os.environ.get("CP_GIT_COMMIT"):
+        return os.environ["CP_GIT_COMMIT"]
     head = _git("rev-parse", "HEAD")
     if head is None or head.returncode != 0:
         return None
