@@ -26,11 +26,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def assert_same_losses(single, parallel, exact_steps=None, end_tol=TOL):
-    """Train losses agree to float rounding for the first ``exact_steps`` steps (all: None);
-    every evaluation within ``end_tol``. The ranks sum their rows' gradients in another order
-    than one process does; training can amplify that 1e-7 rounding (Adam divides tiny
-    gradients by a tiny eps), so long runs get the looser ``end_tol`` after a tight start."""
+def assert_same_losses(single, parallel, exact_steps=None):
+    """Train losses agree to float rounding (``TOL``) for the first ``exact_steps`` steps
+    (all: None), and so does every evaluation when ``exact_steps`` is None. The ranks sum their
+    rows' gradients in another order than one process does; over a long run training amplifies
+    that 1e-7 rounding into seed-like noise (so does a 1e-7 nudge to one initial weight of a
+    single-process run), so long runs are checked tightly only at their start."""
     assert parallel.status == single.status == "completed"
     assert parallel.steps == single.steps and parallel.tokens == single.tokens
     assert [s for s, _ in parallel.train_curve] == [s for s, _ in single.train_curve]
@@ -38,8 +39,9 @@ def assert_same_losses(single, parallel, exact_steps=None, end_tol=TOL):
         if exact_steps is None or step <= exact_steps:
             assert math.isclose(a, b, rel_tol=TOL), (step, a, b)
     assert [e["step"] for e in parallel.eval_curve] == [e["step"] for e in single.eval_curve]
-    for a, b in zip(single.eval_curve, parallel.eval_curve, strict=True):
-        assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=end_tol), (a, b)
+    if exact_steps is None:
+        for a, b in zip(single.eval_curve, parallel.eval_curve, strict=True):
+            assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=TOL), (a, b)
 
 
 @pytest.mark.slow
@@ -50,7 +52,12 @@ def test_a_two_process_gloo_target_matches_a_single_process_run(tmp_path, one_th
     parallel = train_local(cfg, tmp_path, world=2)
     # A wrong split (ranks on the same rows, unsynchronised gradients, a mis-scaled mean)
     # moves the first steps' losses far above 1e-5; rounding alone stays near 1e-7 there.
-    assert_same_losses(single, parallel, exact_steps=16, end_tol=5e-3)
+    assert_same_losses(single, parallel, exact_steps=16)
+    # By the end, amplified rounding is all that separates them: far less than another seed.
+    other_seed = train(dataclasses.replace(cfg, seed=cfg.seed + 1))
+    seed_gap = abs(other_seed.final_val_loss - single.final_val_loss)
+    assert abs(parallel.final_val_loss - single.final_val_loss) < 0.25 * seed_gap, (
+        single.final_val_loss, parallel.final_val_loss, other_seed.final_val_loss)
     assert parallel.run_id == cfg.run_id()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "result.json"]
 
