@@ -325,7 +325,11 @@ def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr")
     """Per (parameterisation, axis, axis_value): the loss at the transferred HP (the base
     model's optimum ``selected[parameterisation]``, which the parameterisation carries to this
     point) minus the loss at this point's own optimum (its quadratic fit). The price of tuning
-    at the base and transferring instead of tuning here."""
+    at the base and transferring instead of tuning here.
+
+    Both losses are read off the same interpolant of the grid (`loss_at`), so a transferred
+    value equal to the point's optimum costs exactly nothing; the vertex of the wider fit that
+    places the optimum can sit above the measured losses where the landscape is lopsided."""
     import polars as pl
 
     opt = optima(points, kind)
@@ -338,10 +342,12 @@ def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr")
         g = means.filter((pl.col("parameterisation") == r["parameterisation"])
                          & (pl.col("axis") == r["axis"])
                          & (pl.col("axis_value") == r["axis_value"]))
-        at = loss_at(g[kind].to_list(), g["loss"].to_list(), v)
-        rows.append({**{k: r[k] for k in r if k not in ("kind",)}, "transferred": v,
-                     "loss_transferred": at,
-                     "suboptimality": None if at is None else max(0.0, at - r["opt_loss"])})
+        values, losses = g[kind].to_list(), g["loss"].to_list()
+        at, own = loss_at(values, losses, v), loss_at(values, losses, r["opt"])
+        own = r["opt_loss"] if own is None else own
+        rows.append({**{k: r[k] for k in r if k not in ("kind", "opt_loss")}, "opt_loss": own,
+                     "transferred": v, "loss_transferred": at,
+                     "suboptimality": None if at is None else max(0.0, at - own)})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
