@@ -501,8 +501,11 @@ def _speedup_verdict(model: str, arm: str, ref_arm: str, s: dict, ref: Optional[
 
 def _tuned_directly(spec: Spec, model: str, sub_rows: list[dict], found: Findings) -> None:
     """Where the sweep also covers the target's scale, the target was tuned directly: how far
-    the transferred HP is from its own optimum."""
+    the transferred HP is from its own optimum. Not for the base model, where nothing is
+    transferred (every axis's sweep passes through it)."""
     m = spec.models[model]
+    if model == spec.base:
+        return
     for r in sub_rows:
         same = all(r.get(k) == getattr(m, k) for k in ("width", "depth", "batch", "tokens",
                                                        "seq_len"))
