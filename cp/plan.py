@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .config import ParamConfig, RunConfig
-from .scaling import HPs, Multipliers
+from .scaling import Multipliers
 from .spec import ArmSpec, Spec
 
 
@@ -44,11 +44,6 @@ def table_config(spec: Spec, name: Optional[str]) -> ParamConfig:
     return ParamConfig(name=name)
 
 
-def with_values(hps: HPs, values: dict[str, float]) -> HPs:
-    """Base HPs with some global values replaced (a grid point, a selected optimum)."""
-    return dataclasses.replace(hps, **{k: float(v) for k, v in values.items()})
-
-
 def grid_points(grid: dict[str, list[float]], kinds: Optional[list[str]] = None) -> list[dict]:
     kinds = [k for k in grid if kinds is None or k in kinds]
     return [dict(zip(kinds, values, strict=True))
@@ -75,7 +70,7 @@ def sweep_runs(spec: Spec) -> list[PlannedRun]:
                         for seed in block.seeds:
                             cfg = spec.run_config(spec.base, scale=scale,
                                                   parameterisation=pcfg,
-                                                  hps=with_values(spec.hps, point), seed=seed)
+                                                  hps=spec.hps.with_values(point), seed=seed)
                             runs.append(PlannedRun(cfg, {
                                 "stage": "sweep", "block": block.name, "axis": axis,
                                 "axis_value": value, "parameterisation": table, "seed": seed,
@@ -94,7 +89,7 @@ def _main_sweep(spec: Spec) -> list[PlannedRun]:
         for point in grid_points(sw.grid):
             for seed in sw.seeds:
                 cfg = spec.run_config(spec.base, parameterisation=pcfg,
-                                      hps=with_values(spec.hps, point), seed=seed)
+                                      hps=spec.hps.with_values(point), seed=seed)
                 runs.append(PlannedRun(cfg, {"stage": "sweep", "block": "main", "axis": "base",
                                              "axis_value": None, "parameterisation": table,
                                              "seed": seed, **point}))
@@ -104,7 +99,7 @@ def _main_sweep(spec: Spec) -> list[PlannedRun]:
                 for point in grid_points(sw.grid, sw.axes_kinds):
                     for seed in sw.seeds:
                         cfg = spec.run_config(spec.base, scale=scale, parameterisation=pcfg,
-                                              hps=with_values(spec.hps, point), seed=seed)
+                                              hps=spec.hps.with_values(point), seed=seed)
                         runs.append(PlannedRun(cfg, {"stage": "sweep", "block": "main",
                                                      "axis": axis,
                                                      "axis_value": value,
@@ -116,7 +111,7 @@ def _main_sweep(spec: Spec) -> list[PlannedRun]:
 def search_run(spec: Spec, global_values: dict[str, float], multipliers: Multipliers,
                seed: int, tags: dict[str, Any]) -> PlannedRun:
     """One per-module search trial: the base model at the global optimum times multipliers."""
-    cfg = spec.run_config(spec.base, hps=with_values(spec.hps, global_values),
+    cfg = spec.run_config(spec.base, hps=spec.hps.with_values(global_values),
                           multipliers=multipliers, seed=seed)
     return PlannedRun(cfg, {"stage": "search", "seed": seed, **tags})
 
@@ -127,7 +122,7 @@ def arm_run(spec: Spec, arm: ArmSpec, model: str, seed: int,
     table = arm.parameterisation or spec.parameterisation.name
     hps = spec.hps
     if arm.hps == "global" and table in selected:
-        hps = with_values(spec.hps, selected[table]["values"])
+        hps = spec.hps.with_values(selected[table]["values"])
     multipliers = Multipliers()
     if arm.multipliers == "search":
         if search_multipliers is None:

@@ -142,7 +142,7 @@ def transfer_section(spec: Spec, study: Study, doc: Doc, found: Findings) -> lis
     selected = read_json(study.select_file) if study.select_file.exists() else {}
     kinds = [k for k in spec.sweeps.axes_kinds if k in spec.sweeps.grid]
     base_values = {ax: getattr(spec.models[spec.base], ax) for ax in spec.sweeps.axes}
-    fixed = {k: getattr(spec.hps, k) for k in spec.sweeps.grid}
+    fixed = {k: spec.hps.get(k) for k in spec.sweeps.grid}
     doc.h(1, "Transfer sweeps")
     doc.p("Final validation loss against the base value of each swept HP at several points of "
           "each axis, the HPs transferred from the base model by each parameterisation. Where "

@@ -84,7 +84,9 @@ class SweepBlock:
     """``width``, ``depth``, ``batch`` or ``tokens`` -> values of that field of the base model
     (include the base value to have it in the curves)."""
     grid: dict[str, list[float]]
-    """HP kind -> base values swept at every axis value (others stay at the spec's ``hps``)."""
+    """HP kind -> base values swept at every axis value (others stay at the spec's ``hps``).
+    ``group.kind`` sweeps one group's (or group set's) own base value, e.g.
+    ``qk_norms.eps: [1.0e-6, 1.0e-4]`` for the rule of the QK-norm gains alone."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of every point."""
 
@@ -95,7 +97,8 @@ class SweepSpec:
 
     grid: dict[str, list[float]] = field(default_factory=dict)
     """HP kind -> values at the base scale (e.g. ``lr: [0.002, 0.004, 0.008]``); the full
-    product is swept at the base model. Empty: no sweep, the spec's ``hps`` are the optimum."""
+    product is swept at the base model. Empty: no sweep, the spec's ``hps`` are the optimum.
+    ``group.kind`` (``qk_norms.eps``) sweeps one group's or group set's own base value."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of every sweep point (losses are averaged over them)."""
     parameterisations: list[str] = field(default_factory=list)

@@ -17,7 +17,16 @@ from typing import Any, Literal, Union
 from .config import ArchConfig
 from .data import BUNDLED
 from .resources import SlurmSpec
-from .scaling import ALPHA_TABLES, AXES, GROUP_SETS, GROUPS, HP_KINDS, TABLES, eval_exponent
+from .scaling import (
+    ALPHA_TABLES,
+    AXES,
+    GROUP_SETS,
+    GROUPS,
+    HP_KINDS,
+    TABLES,
+    eval_exponent,
+    split_hp_key,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Errors.
@@ -367,15 +376,24 @@ def _check_table_name(problems: list[Problem], key: str, name: str, spec: dict) 
 
 
 def _check_grid(problems: list[Problem], key: str, grid: dict) -> None:
-    for kind, values in grid.items():
-        if not _check_kind(problems, f"{key}.{kind}", kind) or not isinstance(values, list):
+    """Grid keys: an HP kind (``lr``), or ``group.kind`` (``qk_norms.eps``) for one group's or
+    group set's own base value."""
+    groups = [*GROUPS, *GROUP_SETS]
+    for name, values in grid.items():
+        group, kind = split_hp_key(name)
+        if group is not None and group not in groups:
+            problems.append(Problem(f"{key}.{name}", f"unknown group {group!r}" +
+                                    _suggest(group, groups), "a kind (lr, eps...), or "
+                                    f"group.kind with group one of {', '.join(groups)}"))
+            continue
+        if not _check_kind(problems, f"{key}.{name}", kind) or not isinstance(values, list):
             continue
         if not values:
-            problems.append(Problem(f"{key}.{kind}", "empty grid",
+            problems.append(Problem(f"{key}.{name}", "empty grid",
                                     "a list of one or more values"))
         for i, v in enumerate(values):
             if isinstance(v, (int, float)):
-                check_hp_value(problems, f"{key}.{kind}[{i}]", kind, v)
+                check_hp_value(problems, f"{key}.{name}[{i}]", kind, v)
 
 
 def _check_axes(problems: list[Problem], key: str, axes: dict, head_dim: Any) -> None:

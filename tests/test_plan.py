@@ -74,3 +74,19 @@ def test_extra_blocks_sweep_their_own_tables_axes_and_grid():
     long = {r.tags["parameterisation"]: r.config.settings()[0].lr for r in block
             if r.config.scale.tokens == 65_536 and r.tags["lr"] == 0.01}
     assert long["cdp_h03"] / long["completed_p"] == pytest.approx(4 ** 0.2)
+
+
+def test_a_group_scoped_grid_key_sets_only_that_groups_base_value():
+    raw = {**SMOKE, "arch": {**SMOKE["arch"], "qk_norm": True},
+           "sweeps": {**SMOKE["sweeps"], "extra": [
+               {"name": "qk", "parameterisations": ["completed_p"], "axes": {"width": [64]},
+                "grid": {"qk_norms.eps": [1e-4, 1e-3]}}]}}
+    spec = build_spec(raw)
+    block = [r for r in sweep_runs(spec) if r.tags["block"] == "qk"]
+    assert sorted(r.tags["qk_norms.eps"] for r in block) == [1e-4, 1e-3]
+    for r in block:
+        eps = {s.group: s.eps for s in r.config.settings() if s.layer in (None, 0)}
+        # The QK gains' eps is width-independent under Complete(d)P: the grid value itself.
+        assert eps["qk_norm_q"] == eps["qk_norm_k"] == pytest.approx(r.tags["qk_norms.eps"])
+        assert eps["attn_q"] == pytest.approx(spec.hps.eps / 2)  # x m_N^-1, untouched
+        assert r.config.hps.get("qk_norms.eps") == r.tags["qk_norms.eps"]

@@ -12,6 +12,7 @@ from .resolve import (
     resolve,
     scale_multipliers,
     settings_index,
+    split_hp_key,
 )
 from .rules import (
     AXES,
@@ -31,7 +32,7 @@ __all__ = [
     "ALPHA_TABLES", "AXES", "BLOCK_GROUPS", "GAIN_GROUPS", "GROUPS", "GROUP_SETS", "HP_KINDS",
     "TABLES", "GroupSettings", "HPs", "Multipliers", "Rule", "RuleTable", "Scale", "build_table",
     "eval_exponent", "expand_groups", "layer_factors", "resolve", "scale_multipliers",
-    "settings_index",
+    "settings_index", "split_hp_key",
 ]
 
 

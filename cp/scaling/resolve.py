@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .rules import BLOCK_GROUPS, GAIN_GROUPS, GROUPS, HP_KINDS, RuleTable, expand_groups
 
@@ -78,6 +78,26 @@ class HPs:
     """Per-group base values that differ from the global ones: group or group set -> kind ->
     value. Default: no weight decay on norm gains."""
 
+    def with_values(self, values: Mapping[str, float]) -> HPs:
+        """These HPs with some base values replaced: ``kind`` (``lr``) sets the global value,
+        ``group.kind`` (``qk_norms.eps``; a group or group set) that group's own, as a grid
+        point or a selected optimum names them."""
+        plain: dict[str, float] = {}
+        groups = {g: dict(kinds) for g, kinds in self.groups.items()}
+        for key, v in values.items():
+            group, kind = split_hp_key(key)
+            if group is None:
+                plain[kind] = float(v)
+            else:  # per group, so that it beats any per-group default (no decay on gains)
+                for g in expand_groups([group]):
+                    groups.setdefault(g, {})[kind] = float(v)
+        return replace(self, groups=groups, **plain)
+
+    def get(self, key: str) -> float:
+        """The base value a grid key names (for a group set: its first group's)."""
+        group, kind = split_hp_key(key)
+        return self.value(expand_groups([group])[0], kind) if group else getattr(self, kind)
+
     def value(self, group: str, kind: str) -> float:
         """The base value of ``kind`` for ``group`` (a group entry beats a group-set entry)."""
         found = None
@@ -87,6 +107,12 @@ class HPs:
                     return float(kinds[kind])
                 found = float(kinds[kind])
         return found if found is not None else float(getattr(self, kind))
+
+
+def split_hp_key(key: str) -> tuple[str | None, str]:
+    """``"qk_norms.eps"`` -> (``"qk_norms"``, ``"eps"``); ``"lr"`` -> (None, ``"lr"``)."""
+    group, _, kind = key.rpartition(".")
+    return (group or None), kind
 
 
 def layer_factors(factors: Sequence[float], depth: int) -> list[float]:
