@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Reproduce docs/results.md from a fresh clone: specs/cpu-study.yaml end to end through the
+# pipeline (about an hour on 2 CPU cores), the four search algorithms compared on its proxy,
+# and the report published into docs/ with its figures. Finished runs are kept in
+# results/cpu-study/, so an interrupted call picks up where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+snakemake --profile profiles/local --config spec=specs/cpu-study.yaml
+python benchmarks/search_comparison.py --spec specs/cpu-study.yaml --reeval-seeds 1 2 3 --quiet
+cpt report results/cpu-study --publish docs/results.md
