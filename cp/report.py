@@ -596,9 +596,10 @@ def provenance(study: Study) -> str:
     commits = sorted({r["git_commit"] for r in records if r.get("git_commit")})
     machines = sorted({r.get("machine") or r.get("host", "?") for r in records})
     ran = [r["started"] for r in records if r.get("started")]
-    when = (f"{datetime.date.fromtimestamp(min(ran)).isoformat()} to "
-            f"{datetime.date.fromtimestamp(max(ran)).isoformat()}") if ran else "unknown dates"
-    return (f"The study ran {when} on {'; '.join(machines) or 'an unrecorded machine'}, "
+    days = sorted({datetime.date.fromtimestamp(t).isoformat() for t in ran})
+    when = ("on unknown dates" if not days else f"on {days[0]}" if len(days) == 1
+            else f"from {days[0]} to {days[-1]}")
+    return (f"The study ran {when}, on {'; '.join(machines) or 'an unrecorded machine'}, "
             f"from commit {', '.join(c[:12] for c in commits) or 'unknown'}.")
 
 
