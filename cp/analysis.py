@@ -321,15 +321,33 @@ def loss_at(values: Sequence[float], losses: Sequence[float], value: float) -> O
     return float(np.polyval(coef, x))
 
 
+def best_loss(values: Sequence[float], losses: Sequence[float]) -> Optional[float]:
+    """The lowest value of the `loss_at` interpolant of the grid (what the best value at this
+    point gives, as well as the grid can tell); None with fewer than two finite points. The
+    interpolant is piecewise a parabola through three neighbours, so its minimum is at a grid
+    value or at the vertex of one of those parabolas."""
+    pts = sorted((math.log2(v), loss) for v, loss in zip(values, losses, strict=True)
+                 if math.isfinite(loss))
+    if len(pts) < 2:
+        return None
+    xs = [x for x, _ in pts]
+    for i in range(len(pts) - 2):
+        a, b, _ = np.polyfit(xs[i:i + 3], [y for _, y in pts[i:i + 3]], 2)
+        if a > 0 and xs[0] <= -b / (2 * a) <= xs[-1]:
+            xs.append(-b / (2 * a))
+    return min(loss_at(values, losses, 2.0 ** x) for x in xs)
+
+
 def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr"):
     """Per (parameterisation, axis, axis_value): the loss at the transferred HP (the base
     model's optimum ``selected[parameterisation]``, which the parameterisation carries to this
     point) minus the loss at this point's own optimum (its quadratic fit). The price of tuning
     at the base and transferring instead of tuning here.
 
-    Both losses are read off the same interpolant of the grid (`loss_at`), so a transferred
-    value equal to the point's optimum costs exactly nothing; the vertex of the wider fit that
-    places the optimum can sit above the measured losses where the landscape is lopsided."""
+    Both losses are read off the same interpolant of the grid (`loss_at`; the optimum's is its
+    lowest value, `best_loss`), so the difference is never negative; the vertex of the wider
+    fit that places the optimum can sit above the measured losses where the landscape is
+    lopsided, and is not used for the loss."""
     import polars as pl
 
     opt = optima(points, kind)
@@ -343,7 +361,7 @@ def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr")
                          & (pl.col("axis") == r["axis"])
                          & (pl.col("axis_value") == r["axis_value"]))
         values, losses = g[kind].to_list(), g["loss"].to_list()
-        at, own = loss_at(values, losses, v), loss_at(values, losses, r["opt"])
+        at, own = loss_at(values, losses, v), best_loss(values, losses)
         own = r["opt_loss"] if own is None else own
         rows.append({**{k: r[k] for k in r if k not in ("kind", "opt_loss")}, "opt_loss": own,
                      "transferred": v, "loss_transferred": at,
