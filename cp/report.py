@@ -149,7 +149,10 @@ def transfer_section(spec: Spec, study: Study, doc: Doc, found: Findings) -> lis
           "transfer holds, the minima line up. Optima are quadratic fits of the seed-mean loss "
           "in log2(HP) around the grid's argmin; the shift per doubling is the slope of "
           "log2(optimum) against log2(axis value); the suboptimality is the loss at the base "
-          "optimum carried to that point, minus the loss at that point's own optimum.")
+          "optimum carried to that point, minus the loss at that point's own optimum (the "
+          "lowest value of the grid's interpolated loss curve; both read off that curve). At "
+          "the base model, where nothing is transferred, it shows how well the grid pins the "
+          "optimum down.")
     all_sub: list[dict] = []
     for kind in kinds:
         points = sweep_points(sweep, base_values, kind, fixed)
