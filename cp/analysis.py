@@ -341,7 +341,7 @@ def best_loss(values: Sequence[float], losses: Sequence[float]) -> Optional[floa
 def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr"):
     """Per (parameterisation, axis, axis_value): the loss at the transferred HP (the base
     model's optimum ``selected[parameterisation]``, which the parameterisation carries to this
-    point) minus the loss at this point's own optimum (its quadratic fit). The price of tuning
+    point) minus the loss at this point's own optimum. The price of tuning
     at the base and transferring instead of tuning here.
 
     Both losses are read off the same interpolant of the grid (`loss_at`; the optimum's is its
