@@ -10,7 +10,10 @@
 import shlex
 import sys
 
-from cp.spec import SpecError, load_spec
+from cp.schema import SpecError
+from cp.spec import load_spec
+from cp.stages import get as stage
+from cp.study import Study
 
 SPEC = config.get("spec", "specs/demo.yaml")
 RESULTS = config.get("results", "results")
@@ -31,14 +34,25 @@ except SpecError as e:
     sys.stderr.write(e.format() + "\n")
     raise WorkflowError(f"invalid spec {SPEC}") from None
 
-STUDY = f"{RESULTS}/{STUDY_SPEC.name}"
+STUDY = Study.at(RESULTS, STUDY_SPEC.name)
 # The interpreter running Snakemake has cp installed; no dependence on PATH.
 CPT = shlex.quote(sys.executable) + " -m cp.cli stage {stage} " + shlex.quote(SPEC) + " --results " + shlex.quote(RESULTS) + "".join(
     " --set " + shlex.quote(o) for o in OVERRIDES)
 
 
-def cpt(stage):
-    return CPT.format(stage=stage)
+def cpt(name):
+    """The command of stage ``name``."""
+    return CPT.format(stage=name)
+
+
+def done(name):
+    """The file whose existence says stage ``name`` has finished (cp.stages)."""
+    return str(stage(name).done(STUDY))
+
+
+def after(name):
+    """The spec and the files of the stages ``name`` reads."""
+    return [SPEC] + [done(a) for a in stage(name).after]
 
 
 include: "workflow/rules/check.smk"
@@ -51,10 +65,10 @@ include: "workflow/rules/report.smk"
 
 
 onsuccess:
-    print(f"\nstudy {STUDY_SPEC.name} done: report at {STUDY}/report/report.md\n")
+    print(f"\nstudy {STUDY_SPEC.name} done: report at {done('report')}\n")
 
 
 rule all:
     input:
-        f"{STUDY}/report/report.md",
+        done("report"),
     default_target: True

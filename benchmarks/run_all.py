@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_comparison import machine
 from throughput import measure
 
-from cp.plan import plan
+from cp.pipeline import plan
 from cp.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def main() -> None:
 
     n, t = plan_time()
     lines += ["## Planning a large study", "",
-              f"`cp.plan.plan` on a spec of {n:,} distinct runs (expanding every stage and "
+              f"`cp.pipeline.plan` on a spec of {n:,} distinct runs (expanding every stage and "
               f"hashing every run's resolved config): **{t:.1f} s** "
               f"({t / n * 1e3:.2f} ms per run).", ""]
     print(lines[-2], flush=True)

@@ -29,18 +29,15 @@ import statistics
 import sys
 import time
 
-from cp.analysis import loss_or_inf
 from cp.doc import Doc
 from cp.launch import Launcher
-from cp.plan import search_run
 from cp.provenance import git_commit, machine
-from cp.report import search_comparison_section
 from cp.search import ALGORITHMS, SearchSpace, make_searcher
 from cp.search.driver import drive
 from cp.search.space import Dim
 from cp.search.synthetic import CliffLandscape
 from cp.spec import load_spec
-from cp.stages import _search_space
+from cp.stages.search import search_comparison_section, search_run, search_space
 from cp.study import Study, write_json, write_text
 
 
@@ -53,36 +50,36 @@ def mean_std(values: list[float]) -> dict:
 def real_part(args) -> dict:
     spec = load_spec(args.spec, overrides=args.set)
     study = Study.at(args.results, spec.name)
-    space = _search_space(spec)
+    space = search_space(spec)
     global_values = {}  # the spec's hps are the starting point (no sweep here)
-    print(f"[bench] {spec.name} proxy {spec.models[spec.base]}; {space.dim} log2 multipliers; "
-          f"{args.trials} trials, {spec.search.batch} in flight", flush=True)
-    runner = Launcher(study, spec.launcher, "bench", max_parallel=spec.search.batch,
+    print(f"[bench] {spec.name} proxy {spec.models[spec.base]}; {space.dim} log2 factors; "
+          f"{args.trials} trials, {spec.search.parallel} in flight", flush=True)
+    runner = Launcher(study, spec.launcher, "bench", max_parallel=spec.search.parallel,
                       echo=(lambda m: None) if args.quiet else print)
     out = {"spec": spec.name, "proxy": vars(spec.models[spec.base]), "dims": space.dim,
            "kinds": list(spec.search.kinds), "radius": spec.search.log2_radius,
-           "batch": spec.search.batch, "seed": args.seed, "explore_seed": spec.seed,
+           "parallel": spec.search.parallel, "seed": args.seed, "explore_seed": spec.seed,
            "trials": args.trials, "reeval_seeds": list(args.reeval_seeds), "algorithms": {}}
 
     def reevaluate(x) -> dict:
-        runs = [search_run(spec, global_values, space.multipliers(x), s, {})
+        runs = [search_run(spec, global_values, space.factors(x), s, {})
                 for s in args.reeval_seeds]
         res = runner.run(runs)
-        return mean_std([loss_or_inf(res[r.run_id]) for r in runs])
+        return mean_std([res[r.run_id].loss_or_inf() for r in runs])
 
     with runner:
         def evaluate(trials):
-            runs = [search_run(spec, global_values, space.multipliers(t.x), t.seed, {})
+            runs = [search_run(spec, global_values, space.factors(t.x), t.seed, {})
                     for t in trials]
             res = runner.run(runs)
-            return [loss_or_inf(res[r.run_id]) for r in runs]
+            return [res[r.run_id].loss_or_inf() for r in runs]
 
         for alg in args.algorithms:
             t0 = time.time()
             searcher = make_searcher(alg, space, seed=args.seed, explore_seed=spec.seed,
-                                     workdir=study.root / "search-comparison" / alg,
+                                     journal=study.search_comparison_journal(alg),
                                      trrs=spec.search.trrs, resume=False)
-            drive(searcher, evaluate, args.trials, spec.search.batch)
+            drive(searcher, evaluate, args.trials, spec.search.parallel)
             best, curve = math.inf, []
             for t in searcher.trials:
                 best = min(best, t.loss)
@@ -146,10 +143,10 @@ def main() -> None:
     spec = load_spec(args.spec, overrides=args.set)
     if not args.synthetic_only:
         data["real"] = real_part(args)
-    data["synthetic"] = synthetic_part(args, _search_space(spec).dim)
+    data["synthetic"] = synthetic_part(args, search_space(spec).dim)
     data["wall_min"] = (time.time() - t0) / 60
     if not args.synthetic_only:
-        write_json(Study.at(args.results, spec.name).root / "search_comparison.json", data)
+        write_json(Study.at(args.results, spec.name).search_comparison, data)
     doc = Doc("Search algorithms compared")
     search_comparison_section(doc, data, level=1)
     print(doc.markdown(Study.at(args.results, spec.name).root))

@@ -1,4 +1,5 @@
-"""Numbers from a study's tables: the global optimum, optimum fits, speedups.
+"""Numbers from a study's tables: the global optimum, optimum fits, speedups. Plain data and
+polars frames in, numbers and frames out; which files hold the tables is the stages' business.
 
 Losses of diverged or failed runs count as +inf: they lose every comparison and never enter a
 fit.
@@ -7,10 +8,13 @@ fit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import polars as pl
 
 Curve = Sequence[tuple[float, float]]  # (step, loss)
 
@@ -109,86 +113,16 @@ def eval_curve(result_dict: dict) -> list[tuple[float, float]]:
     return [(e["step"], e["val_loss"]) for e in result_dict.get("eval_curve", [])]
 
 
-def loss_or_inf(result) -> float:
-    """A run's final validation loss, +inf if it did not complete."""
-    if result.status != "completed" or not math.isfinite(result.final_val_loss):
-        return math.inf
-    return float(result.final_val_loss)
-
-
 # ---------------------------------------------------------------------------------------------
-# Study-level tables (polars): every run, optima along the transfer axes, their shift, transfer
+# Study-level tables (polars): optima along the transfer axes, their shift, transfer
 # suboptimality, speedups with a confidence interval over seeds.
 
 SHIFT_TOLERANCE = 0.5
 """Octaves (log2 units) the optimum of an HP may move per doubling of an axis for transfer to
 count as holding. Half an octave is a factor 1.41 in lr, the spacing of a fine lr grid."""
 
-HP_COLUMNS = ("lr", "eps", "weight_decay", "beta1", "beta2", "init_std", "multiplier")
-
-
-def _stage_tables(study) -> list:
-    import polars as pl
-
-    frames = []
-    for stage, path in (("sweep", study.sweep_table), ("search", study.search_table),
-                        ("target", study.target_table)):
-        if path.exists():
-            df = pl.read_parquet(path)
-            # HP values come from each run's config below (the same numbers for sweep rows).
-            df = df.drop([c for c in HP_COLUMNS if c in df.columns])
-            frames.append(df.with_columns(pl.lit(stage).alias("stage")))
-    return frames
-
-
-def runs_table(study):
-    """Every run of a study: one row per (stage, role) from the stage tables (sweep, search,
-    target), joined with what the run folder says (base HPs, table, best loss); runs in no
-    stage table (trained with ``cpt train``) appear once with a null stage."""
-    import json
-
-    import polars as pl
-
-    from .config import CONFIG_FILE, RESULT_FILE
-
-    folders = []
-    runs_dir = study.root / "runs"
-    for d in sorted(runs_dir.iterdir()) if runs_dir.exists() else []:
-        if not (d / RESULT_FILE).exists():
-            continue
-        result = json.loads((d / RESULT_FILE).read_text())
-        row = {"run_id": d.name, "run_status": result["status"],
-               "best_val_loss": _best(result.get("eval_curve", []))}
-        if (d / CONFIG_FILE).exists():
-            cfg = json.loads((d / CONFIG_FILE).read_text())["config"]
-            row["table"] = cfg["parameterisation"]["name"]
-            row.update({k: float(cfg["hps"][k]) for k in HP_COLUMNS})
-            row["multiplied"] = bool(cfg["multipliers"]["per_type"]
-                                     or cfg["multipliers"]["per_layer"])
-        folders.append(row)
-    per_run = pl.DataFrame(folders, infer_schema_length=None)
-    tables = _stage_tables(study)
-    if not tables:
-        return per_run.with_columns(pl.lit(None, pl.String).alias("stage"))
-    staged = pl.concat(tables, how="diagonal_relaxed")
-    joined = staged.join(per_run, on="run_id", how="left")
-    orphans = per_run.join(staged.select("run_id").unique(), on="run_id", how="anti")
-    out = pl.concat([joined, orphans], how="diagonal_relaxed")
-    if "parameterisation" in out.columns and "table" in out.columns:
-        out = out.with_columns(pl.coalesce("parameterisation", "table").alias("parameterisation"))
-    if "status" in out.columns:
-        out = out.with_columns(pl.coalesce("status", "run_status").alias("status"))
-    first = [c for c in ("stage", "run_id", "parameterisation") if c in out.columns]
-    return out.select(first + [c for c in out.columns if c not in first])
-
-
-def _best(curve: list[dict]) -> float:
-    losses = [e["val_loss"] for e in curve if math.isfinite(e["val_loss"])]
-    return min(losses) if losses else math.nan
-
-
-def sweep_points(sweep, base_values: dict[str, int], kind: str = "lr",
-                 fixed: Optional[dict[str, float]] = None):
+def sweep_points(sweep: pl.DataFrame, base_values: dict[str, int], kind: str = "lr",
+                 fixed: Optional[dict[str, float]] = None) -> pl.DataFrame:
     """The sweep along each axis as rows (parameterisation, axis, axis_value, ``kind``, seed,
     loss, scale): the base model's grid is each axis's point at the base value (its rows where
     the other grid kinds sit at ``fixed``), and a run planned twice counts once."""
@@ -214,7 +148,7 @@ def sweep_points(sweep, base_values: dict[str, int], kind: str = "lr",
                       maintain_order=True)
 
 
-def block_points(sweep, block: str, kind: str = "lr"):
+def block_points(sweep: pl.DataFrame, block: str, kind: str = "lr") -> pl.DataFrame:
     """An extra sweep block's rows in the shape of `sweep_points` (its axes carry their own
     values; a run planned twice counts once)."""
     import polars as pl
@@ -229,14 +163,14 @@ def block_points(sweep, block: str, kind: str = "lr"):
         maintain_order=True)
 
 
-def main_block(sweep):
+def main_block(sweep: pl.DataFrame) -> pl.DataFrame:
     """The main sweep's rows (the base grid and its axes), without the extra blocks."""
     import polars as pl
 
     return sweep.filter(pl.col("block") == "main") if "block" in sweep.columns else sweep
 
 
-def _seed_means(points, kind: str):
+def seed_means(points: pl.DataFrame, kind: str) -> pl.DataFrame:
     """Loss averaged over seeds per (parameterisation, axis, axis_value, kind): inf when any
     seed diverged or failed (a point that diverges on some seeds is not an optimum)."""
     import polars as pl
@@ -249,23 +183,24 @@ def _seed_means(points, kind: str):
                    if c in points.columns)))
 
 
-def optima(points, kind: str = "lr"):
+def optima(points: pl.DataFrame, kind: str = "lr") -> pl.DataFrame:
     """Per (parameterisation, axis, axis_value): the optimal ``kind`` from a quadratic fit of
     the seed-mean loss against log2(value) around the argmin (`fit_log2_optimum`); where no
     fit is possible the grid argmin stands in (``fitted`` false; ``at_edge`` when the argmin
     is the grid's first or last value, so the optimum may lie outside the grid)."""
     import polars as pl
 
-    means = _seed_means(points, kind)
+    means = seed_means(points, kind)
     rows = []
     keys = ["parameterisation", "axis", "axis_value"]
     for key, g in means.sort([*keys, kind]).group_by(keys, maintain_order=True):
         vals, losses = g[kind].to_list(), g["loss"].to_list()
         finite = [(v, loss) for v, loss in zip(vals, losses, strict=True)
                   if math.isfinite(loss)]
-        row = {**dict(zip(keys, key, strict=True)), "kind": kind, "points": len(finite),
-               **{c: g[c][0] for c in ("width", "depth", "batch", "tokens", "seq_len")
-                  if c in g.columns}}
+        row: dict[str, Any] = {
+            **dict(zip(keys, key, strict=True)), "kind": kind, "points": len(finite),
+            **{c: g[c][0] for c in ("width", "depth", "batch", "tokens", "seq_len")
+               if c in g.columns}}
         if not finite:
             rows.append({**row, "opt": None, "log2_opt": None, "opt_loss": None,
                          "argmin": None, "fitted": False, "at_edge": False})
@@ -279,7 +214,7 @@ def optima(points, kind: str = "lr"):
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def optimum_shift(opt, tolerance: float = SHIFT_TOLERANCE):
+def optimum_shift(opt: pl.DataFrame, tolerance: float = SHIFT_TOLERANCE) -> pl.DataFrame:
     """Per (parameterisation, axis): how far the optimum moves per doubling of the axis, the
     slope of log2(optimum) against log2(axis value) (least squares over the axis's points).
 
@@ -335,10 +270,12 @@ def best_loss(values: Sequence[float], losses: Sequence[float]) -> Optional[floa
         a, b, _ = np.polyfit(xs[i:i + 3], [y for _, y in pts[i:i + 3]], 2)
         if a > 0 and xs[0] <= -b / (2 * a) <= xs[-1]:
             xs.append(-b / (2 * a))
-    return min(loss_at(values, losses, 2.0 ** x) for x in xs)
+    lows = [loss_at(values, losses, 2.0 ** x) for x in xs]
+    return min(v for v in lows if v is not None)  # every x lies within the grid: none is None
 
 
-def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr"):
+def transfer_suboptimality(points: pl.DataFrame, selected: dict[str, float],
+                           kind: str = "lr") -> pl.DataFrame:
     """Per (parameterisation, axis, axis_value): the loss at the transferred HP (the base
     model's optimum ``selected[parameterisation]``, which the parameterisation carries to this
     point) minus the loss at this point's own optimum. The price of tuning
@@ -351,7 +288,7 @@ def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr")
     import polars as pl
 
     opt = optima(points, kind)
-    means = _seed_means(points, kind)
+    means = seed_means(points, kind)
     rows = []
     for r in opt.to_dicts():
         v = selected.get(r["parameterisation"])
@@ -369,7 +306,7 @@ def transfer_suboptimality(points, selected: dict[str, float], kind: str = "lr")
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def speedup_ci(baseline: dict[int, Curve], candidate: dict[int, Curve],
+def speedup_ci(baseline: Mapping[int, Curve], candidate: Mapping[int, Curve],
                level: float = 0.95) -> dict:
     """Speedup of ``candidate`` over ``baseline`` (curves by seed) with a confidence interval.
 

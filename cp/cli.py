@@ -11,10 +11,16 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from .launch import LaunchError
-from .spec import Spec, SpecError, load_spec
+from .execute import LaunchError
+from .schema import SpecError
+from .spec import Spec, load_spec
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .config import RunConfig
 
 EXIT_USER_ERROR = 2
 
@@ -23,14 +29,14 @@ class UserError(Exception):
     """An error the user can fix; printed without a traceback."""
 
 
-def _console():
+def _console() -> Console:
     from rich.console import Console
 
     # Piped output (logs, CI) gets room for the settings tables instead of rich's 80 columns.
     return Console(width=None if sys.stdout.isatty() else 150)
 
 
-def _load(args) -> Spec:
+def _load(args: argparse.Namespace) -> Spec:
     return load_spec(args.spec, overrides=args.set)
 
 
@@ -51,7 +57,7 @@ def describe_json(spec: Spec, model: str) -> dict:
     return _run_config(spec, model).describe()
 
 
-def _run_config(spec: Spec, model: str):
+def _run_config(spec: Spec, model: str) -> RunConfig:
     if model not in spec.models:
         import difflib
 
@@ -83,7 +89,7 @@ def _collapse_layers(groups: list[dict]) -> list[dict]:
     return out
 
 
-def cmd_describe(args) -> int:
+def cmd_describe(args: argparse.Namespace) -> int:
     spec = _load(args)
     info = describe_json(spec, args.model)
     if args.json:
@@ -92,10 +98,10 @@ def cmd_describe(args) -> int:
     from rich.table import Table
 
     from .config import count_params
-    from .scaling import scale_multipliers
+    from .scaling import scale_ratios
 
     run = _run_config(spec, args.model)
-    m = scale_multipliers(run.base_scale, run.scale)
+    m = scale_ratios(run.base_scale, run.scale)
     con = _console()
     n = count_params(run.model_config(spec.data.vocab_size or 256))
     con.print(f"[bold]{spec.name}[/] / model [bold]{args.model}[/]: "
@@ -107,9 +113,9 @@ def cmd_describe(args) -> int:
     for label, key in (("base (" + spec.base + ")", "base_scale"), (args.model, "scale")):
         scale_tab.add_row(label, *(str(v) for v in info[key].values()),
                           str(getattr(run, key).tokens_per_step))
-    scale_tab.add_row("multiplier", f"m_N={m['width']:g}", f"m_L={m['depth']:g}",
-                      f"m_B={m['batch']:g}", f"m_D={m['horizon']:g}", "",
-                      f"rho={m['batch'] / m['horizon']:g}")
+    scale_tab.add_row("ratio", f"m_N={m['width']:g}", f"m_L={m['depth']:g}",
+                      f"m_B={m['batch']:g}", f"m_D={m['tokens']:g}", "",
+                      f"rho={m['batch'] / m['tokens']:g}")
     con.print(scale_tab)
     tab = Table(title="resolved settings per (group, layer)", header_style="bold")
     for col in ("group", "layer", "init_std", "multiplier", "lr", "eps", "weight_decay",
@@ -128,7 +134,7 @@ def cmd_describe(args) -> int:
 # rules
 
 
-def cmd_rules(args) -> int:
+def cmd_rules(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .config import ParamConfig
@@ -144,8 +150,9 @@ def cmd_rules(args) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     tab = Table(title=f"{table.name} (alpha={table.alpha:g}): HP = base x ...",
-                header_style="bold", caption="m_N width, m_L depth, m_B tokens per step, "
-                "m_D horizon, rho = m_B/m_D; betas: the factor applies to (1 - beta)")
+                header_style="bold", caption="ratios to the base model: m_N width, m_L depth, "
+                "m_B batch (in tokens), m_D training tokens, rho = m_B/m_D; betas: the factor "
+                "applies to (1 - beta)")
     tab.add_column("group")
     for kind in HP_KINDS:
         tab.add_column(kind)
@@ -162,28 +169,32 @@ def cmd_rules(args) -> int:
 # train
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
+    """One run of a spec's model, through the same launcher and run folder as the pipeline."""
+    import dataclasses
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .config import PlannedRun
+    from .launch import Launcher
+    from .resources import LauncherSpec
+    from .study import Study
+
     spec = _load(args)
     run = _run_config(spec, args.model)
     if args.seed is not None:
-        run.seed = args.seed
-    from .config import load_result
-
-    out = Path(args.out) if args.out else Path(args.results) / spec.name / "runs" / run.run_id()
+        run = dataclasses.replace(run, seed=args.seed)
+    study = Study.at(args.results, spec.name)
+    pr = PlannedRun(run, {"stage": "train", "model": args.model, "seed": run.seed})
+    folder = study.run(pr.run_id)
     con = _console()
-    existing = load_result(out)
+    existing = folder.load_result()
     if existing is not None and not args.force:
-        con.print(f"run {run.run_id()} already has a result ({existing.status}, final val loss "
-                  f"{existing.final_val_loss:.4f}) in {out}; --force retrains it")
+        con.print(f"run {pr.run_id} already has a result ({existing.status}, final val loss "
+                  f"{existing.final_val_loss:.4f}) in {folder.path}; --force retrains it")
         return 0
-    if args.force and (out / "result.json").exists():
-        (out / "result.json").unlink()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .train import train
-
     con.print(f"training [bold]{args.model}[/] of {spec.name} "
-              f"(run {run.run_id()}, {run.scale.steps} steps) -> {out}")
+              f"(run {pr.run_id}, {run.scale.steps} steps) -> {folder.path}")
     last = {"train": math.nan, "val": math.nan}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
             "{task.completed}/{task.total} steps"), TimeRemainingColumn(), console=con,
@@ -199,12 +210,14 @@ def cmd_train(args) -> int:
                 bar.update(task, completed=rec["step"], description=(
                     f"train {last['train']:.3f}  val {last['val']:.3f}"))
 
-        result = train(run, out, log=log)
+        launcher = Launcher(study, LauncherSpec(kind="inline", threads_per_run=run.runtime.threads),
+                            "train", echo=lambda _: None, force=args.force, progress=log)
+        result = launcher.run([pr])[pr.run_id]
     style = "green" if result.ok else "red"
     con.print(f"[{style}]{result.status}[/]: final val loss {result.final_val_loss:.4f}, "
               f"{result.tokens_per_s:,.0f} tokens/s, {result.wall_s:.1f} s"
               + (f" -- {result.reason}" if result.reason else ""))
-    con.print(f"result: {out / 'result.json'}")
+    con.print(f"result: {folder.result}")
     return 0 if result.status == "completed" else 1
 
 
@@ -212,48 +225,50 @@ def cmd_train(args) -> int:
 # coord-check
 
 
-def cmd_coord_check(args) -> int:
-    spec = _load(args)
-    from .coord import CoordConfig, coord_check, write_outputs
+def cmd_coord_check(args: argparse.Namespace) -> int:
+    """The check stage of the pipeline, with its table of slopes printed."""
+    import polars as pl
 
-    ccfg = CoordConfig()
-    if args.width_mults:
-        ccfg.width_mults = args.width_mults
-    if args.depth_mults:
-        ccfg.depth_mults = args.depth_mults
+    from .pipeline import run_stage
+    from .stages import StageFailed
+    from .study import Study
+
+    overrides = list(args.set)
+    for flag, key in ((args.width_ratios, "check.width_ratios"),
+                      (args.depth_ratios, "check.depth_ratios")):
+        if flag:
+            overrides.append(f"{key}=[{','.join(str(r) for r in flag)}]")
     if args.steps:
-        ccfg.steps = args.steps
+        overrides.append(f"check.steps={args.steps}")
     if args.tolerance:
-        ccfg.tolerance = args.tolerance
-    run = spec.run_config(spec.base)
+        overrides.append(f"check.tolerance={args.tolerance}")
+    spec = load_spec(args.spec, overrides=[*overrides, "check.enabled=true"])
+    study = Study.at(args.results, spec.name)
     con = _console()
-    con.print(f"coordinate check of {run.table().name} around {spec.base} "
-              f"(width x{ccfg.width_mults}, depth x{ccfg.depth_mults}, {ccfg.steps} steps)")
-    result = coord_check(run, ccfg, progress=lambda i, n, axis, m: con.print(
-        f"  [{i}/{n}] {axis} x{m:g}"))
-    out = Path(args.out) if args.out else Path(args.results) / spec.name / "coord"
-    paths = write_outputs(result, out)
+    try:
+        run_stage("check", spec, study, echo=lambda m: con.print(f"  {m}"))
+        failed = None
+    except StageFailed as e:
+        failed = str(e)
     from rich.table import Table
 
     tab = Table(title="fitted log-log slopes (judged ones must be within "
-                f"{ccfg.tolerance} of expected)", header_style="bold")
+                f"{spec.check.tolerance} of expected)", header_style="bold")
     for col in ("axis", "group", "quantity", "slope", "expected", "verdict"):
         tab.add_column(col)
     colours = {"pass": "green", "fail": "bold red", "info": "dim"}
-    for f in result.fits:
+    for f in pl.read_csv(study.check_fits).to_dicts():
         if f["verdict"] == "info" and not args.verbose:
             continue
         tab.add_row(f["axis"], f["group"], f["quantity"], f"{f['slope']:+.2f}",
                     "-" if f["expected"] is None else f"{f['expected']:+.2f}",
                     f"[{colours[f['verdict']]}]{f['verdict']}[/]")
     con.print(tab)
-    if result.passed:
-        con.print(f"[green]PASS[/]: {result.parameterisation} keeps every judged coordinate "
-                  f"flat. Plot: {paths['plot']}")
+    if failed is None:
+        con.print(f"[green]PASS[/]: {spec.parameterisation.name} keeps every judged "
+                  f"coordinate flat. Plot: {study.check_plot}")
         return 0
-    bad = ", ".join(sorted({f"{f['group']}.{f['quantity']} ({f['axis']})"
-                            for f in result.failures()}))
-    con.print(f"[bold red]FAIL[/]: {result.parameterisation}: {bad}. Plot: {paths['plot']}")
+    con.print(f"[bold red]FAIL[/]: {failed}")
     return 1
 
 
@@ -261,7 +276,7 @@ def cmd_coord_check(args) -> int:
 # spec check, plan, stage
 
 
-def cmd_spec_check(args) -> int:
+def cmd_spec_check(args: argparse.Namespace) -> int:
     spec = _load(args)
     n_runs = sum(p.runs for p in _plan(spec))
     print(f"{args.spec}: ok -- study {spec.name!r}, models {', '.join(spec.models)}, base "
@@ -269,20 +284,20 @@ def cmd_spec_check(args) -> int:
     return 0
 
 
-def cmd_spec_docs(args) -> int:
+def cmd_spec_docs(args: argparse.Namespace) -> int:
     from .spec_docs import reference
 
     print(reference())
     return 0
 
 
-def _plan(spec: Spec):
-    from .plan import plan
+def _plan(spec: Spec) -> list:
+    from .pipeline import plan
 
     return plan(spec)
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
     spec = _load(args)
     from rich.table import Table
 
@@ -300,9 +315,9 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def cmd_stage(args) -> int:
+def cmd_stage(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from .stages import StageFailed, run_stage
+    from .pipeline import StageFailed, run_stage
     from .study import Study
 
     study = Study.at(args.results, spec.name)
@@ -314,13 +329,16 @@ def cmd_stage(args) -> int:
     return 0
 
 
-def cmd_sync(args) -> int:
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .spec import read_study_spec
     from .study import Study
-    from .track import sync
+    from .tracking import sync
 
     study = Study(Path(args.study))
+    spec = read_study_spec(study)
     try:
-        rep = sync(study, uri=args.uri, echo=lambda m: print(m, flush=True))
+        rep = sync(study, spec.tracking, spec.name, uri=args.uri,
+                   echo=lambda m: print(m, flush=True))
     except FileNotFoundError:  # not a study folder: a user error, reported by main()
         raise
     except Exception as e:  # the store is down or refuses: say so, no traceback
@@ -332,15 +350,19 @@ def cmd_sync(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from .report import publish, rebuild
+def cmd_report(args: argparse.Namespace) -> int:
+    """The report rebuilt from the study folder alone (its spec.yaml, tables, run folders)."""
+    from .spec import read_study_spec
+    from .stages import STAGES
+    from .stages.report import build_report, publish
+    from .study import Study
 
-    path = rebuild(args.study)
-    print(f"report: {path} and {path.with_suffix('.html')}")
+    study = Study(Path(args.study))
+    spec = read_study_spec(study)
+    path = build_report(spec, study, STAGES)
+    print(f"report: {path} and {study.report_html}")
     if args.publish:
-        from .study import Study
-
-        out = publish(Study(Path(args.study)), args.publish)
+        out = publish(spec, study, STAGES, args.publish)
         print(f"published: {out} (figures in {out.with_suffix('')}/)")
     return 0
 
@@ -374,22 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--doc", action="store_true", help="also print the table's notes")
     r.set_defaults(fn=cmd_rules)
 
-    t = spec_cmd("train", "Train one model of a spec.")
+    t = spec_cmd("train", "Train one model of a spec into RESULTS/<study>/runs/<run id>.")
     t.add_argument("--model", required=True)
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--out", default=None, help="run folder (default: "
-                   "RESULTS/<study>/runs/<run id>)")
     t.add_argument("--results", default="results", help="results root (default: results)")
     t.add_argument("--force", action="store_true", help="retrain even if a result exists")
     t.set_defaults(fn=cmd_train)
 
-    c = spec_cmd("coord-check", "Coordinate check over width and depth; exit 1 on failure.")
-    c.add_argument("--out", default=None, help="output folder (default: RESULTS/<study>/coord)")
+    c = spec_cmd("coord-check", "The study's check stage: coordinate check over width and "
+                 "depth into RESULTS/<study>/check/; exit 1 on failure.")
     c.add_argument("--results", default="results")
-    c.add_argument("--width-mults", type=float, nargs="+", default=None)
-    c.add_argument("--depth-mults", type=float, nargs="+", default=None)
-    c.add_argument("--steps", type=int, default=None)
-    c.add_argument("--tolerance", type=float, default=None)
+    c.add_argument("--width-ratios", type=float, nargs="+", default=None,
+                   help="widths as ratios to the base width (check.width_ratios)")
+    c.add_argument("--depth-ratios", type=float, nargs="+", default=None,
+                   help="depths as ratios to the base depth (check.depth_ratios)")
+    c.add_argument("--steps", type=int, default=None, help="check.steps")
+    c.add_argument("--tolerance", type=float, default=None, help="check.tolerance")
     c.add_argument("-v", "--verbose", action="store_true", help="also list unjudged slopes")
     c.set_defaults(fn=cmd_coord_check)
 
@@ -406,10 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = spec_cmd("plan", "Print each stage with its run count and training tokens.")
     pl.set_defaults(fn=cmd_plan)
 
-    from .stages import STAGES
+    from .stages import NAMES
 
     st = sub.add_parser("stage", help="Run one stage of a study (what Snakemake calls).")
-    st.add_argument("stage", choices=STAGES)
+    st.add_argument("stage", choices=NAMES)
     st.add_argument("spec")
     st.add_argument("--results", default="results", help="results root (default: results)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

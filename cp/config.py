@@ -5,6 +5,10 @@ A `RunConfig` is everything that determines a run's numbers; its id is a hash of
 resolved (model shape, every group's settings, schedule, data, seed), so two specs that resolve
 to the same run share it and a finished run is never trained again. `RuntimeConfig` (device,
 compile, checkpoint cadence) changes how a run executes, not what it computes, and is not hashed.
+
+`RunSettings` holds the fields a study's spec and each of its runs share (architecture,
+parameterisation, HPs, factors, schedule, data, training, seed, runtime): `cp.spec.Spec` and
+`RunConfig` both extend it, so each of those fields is declared and documented once.
 """
 
 from __future__ import annotations
@@ -13,22 +17,27 @@ import functools
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from .data import DataConfig
 from .scaling import (
+    ALPHA_TABLES,
+    RULE_AXES,
+    TABLES,
+    Factors,
     GroupSettings,
     HPs,
-    Multipliers,
     RuleTable,
     Scale,
     build_table,
+    check_group,
+    check_kind,
+    eval_exponent,
     resolve,
 )
 from .schedule import ScheduleConfig
+from .schema import Problems, suggest
 
 
 @dataclass
@@ -49,6 +58,20 @@ class ArchConfig:
     """RoPE base frequency."""
     z_loss: float = 0.0
     """Coefficient of the z-loss (mean squared log-partition function); 0 turns it off."""
+
+    def check(self, at: str, problems: Problems) -> None:
+        problems.range(f"{at}.head_dim", self.head_dim, self.head_dim > 0 and
+                       self.head_dim % 2 == 0, "a positive even integer (RoPE rotates pairs)")
+        problems.positive(f"{at}.mlp_ratio", self.mlp_ratio)
+        problems.at_least(f"{at}.z_loss", self.z_loss, 0)
+        problems.positive(f"{at}.norm_eps", self.norm_eps)
+        problems.positive(f"{at}.rope_base", self.rope_base)
+
+    def check_width(self, key: str, width: int, problems: Problems) -> None:
+        """A width this architecture can have: a multiple of the head dimension."""
+        if self.head_dim > 0 and width % self.head_dim:
+            problems(key, f"{width} is not a multiple of arch.head_dim ({self.head_dim})",
+                     f"a positive multiple of {self.head_dim}")
 
 
 @dataclass
@@ -119,19 +142,51 @@ class ParamConfig:
     name: str = "completed_p"
     """A built-in table (sp, mup, depth_mup, completep, completed_p) or a new name together
     with ``base``."""
-    alpha: float | None = None
+    alpha: Optional[float] = None
     """Residual-branch exponent (in [0.5, 1]); default: the table's own (1 for completep and
     completed_p, 1/2 for depth_mup)."""
-    base: str | None = None
+    base: Optional[str] = None
     """Built-in table to start from when ``name`` is a new table."""
     rules: dict[str, dict[str, dict[str, Exponent]]] = field(default_factory=dict)
-    """Exponent overrides: group or group set -> HP kind -> axis (width, depth, batch, horizon,
-    rho) -> exponent (a number or an expression in alpha such as "alpha - 1")."""
+    """Exponent overrides: group or group set -> HP kind -> axis (width, depth, batch, tokens,
+    rho) -> exponent (a number or an expression in alpha such as "alpha - 1"). ``horizon``,
+    the old name of ``tokens``, is still read, with a note."""
 
     def build(self) -> RuleTable:
         key = json.dumps([self.name, self.alpha, self.base, self.rules], sort_keys=True,
                          default=str)
         return _build_table_cached(key)
+
+    def check(self, at: str, problems: Problems) -> None:
+        """Table names, alpha and exponent overrides."""
+        start = self.base or self.name
+        if self.base is not None:
+            problems.choice(f"{at}.base", self.base, TABLES, "parameterisation")
+        elif self.name not in TABLES:
+            problems(f"{at}.name", f"unknown parameterisation {self.name!r}" +
+                     suggest(self.name, TABLES) + " (a new table needs a base)",
+                     ", ".join(TABLES))
+        if self.alpha is not None:
+            problems.range(f"{at}.alpha", self.alpha, 0.5 <= self.alpha <= 1.0,
+                           "0.5 <= alpha <= 1")
+            if start in TABLES and start not in ALPHA_TABLES:
+                problems(f"{at}.alpha", f"table {start!r} has no residual scaling, so alpha "
+                         "has no effect", ", ".join(sorted(ALPHA_TABLES)))
+        for group, kinds in self.rules.items():
+            gkey = f"{at}.rules.{group}"
+            if not check_group(problems, gkey, group):
+                continue
+            for kind, axes in kinds.items():
+                rkey = f"{gkey}.{kind}"
+                if not check_kind(problems, rkey, kind):
+                    continue
+                for axis, expr in axes.items():
+                    if not problems.choice(f"{rkey}.{axis}", axis, RULE_AXES, "axis"):
+                        continue
+                    try:
+                        eval_exponent(expr, 1.0)
+                    except ValueError as e:
+                        problems(f"{rkey}.{axis}", str(e), "a number or an expression in alpha")
 
 
 @dataclass
@@ -152,6 +207,12 @@ class TrainConfig:
     log_every: int = 10
     """Steps between reads of the train loss (each read syncs a GPU)."""
 
+    def check(self, at: str, problems: Problems) -> None:
+        for k in ("evals", "eval_sequences", "log_every"):
+            problems.at_least(f"{at}.{k}", getattr(self, k), 1, "an integer >= 1")
+        problems.positive(f"{at}.divergence_margin", self.divergence_margin)
+        problems.at_least(f"{at}.grad_clip", self.grad_clip, 0)
+
 
 @dataclass
 class RuntimeConfig:
@@ -170,62 +231,95 @@ class RuntimeConfig:
     keep_checkpoint: bool = False
     """Keep the final checkpoint (the trained weights) after a run completes."""
 
+    def check(self, at: str, problems: Problems) -> None:
+        for k in ("threads", "checkpoint_every", "checkpoint_seconds"):
+            problems.at_least(f"{at}.{k}", getattr(self, k), 0)
 
-@dataclass
-class RunConfig:
+
+@dataclass(kw_only=True)
+class RunSettings:
+    """What a study and each of its runs share: everything but where a run sits on the axes."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    """Architecture shared by every model of the study."""
+    parameterisation: ParamConfig = field(default_factory=ParamConfig)
+    """The rule table that transfers HPs from the base to other scales."""
+    hps: HPs = field(default_factory=HPs)
+    """Base HPs at the base model's scale."""
+    factors: Factors = field(default_factory=Factors)
+    """Per-module factors (type x depth) on top of the base HPs."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate schedule (fractions of the run)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Evaluation, precision, divergence detection."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Device, compile, checkpoint cadence (not part of run ids)."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"multipliers": "factors"}
+
+    def check_settings(self, problems: Problems) -> None:
+        self.data.check("data", problems)
+        self.arch.check("arch", problems)
+        self.parameterisation.check("parameterisation", problems)
+        self.hps.check("hps", problems)
+        self.factors.check("factors", problems)
+        self.schedule.check("schedule", problems)
+        self.train.check("train", problems)
+        self.runtime.check("runtime", problems)
+
+
+@dataclass(kw_only=True)
+class RunConfig(RunSettings):
     """One training run: a model at one scale, with HPs transferred from the base scale."""
 
     scale: Scale
     """Width, depth, batch, tokens and seq_len of this run."""
     base_scale: Scale
-    """The scale at which ``hps`` and ``multipliers`` are given (the proxy)."""
-    arch: ArchConfig = field(default_factory=ArchConfig)
-    parameterisation: ParamConfig = field(default_factory=ParamConfig)
-    hps: HPs = field(default_factory=HPs)
-    multipliers: Multipliers = field(default_factory=Multipliers)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """The scale at which ``hps`` and ``factors`` are given (the proxy)."""
 
     def table(self) -> RuleTable:
         return self.parameterisation.build()
 
     def settings(self) -> list[GroupSettings]:
         """Resolved settings of every (group, layer) of this run's model."""
-        return resolve(self.table(), self.base_scale, self.scale, self.hps, self.multipliers,
+        return resolve(self.table(), self.base_scale, self.scale, self.hps, self.factors,
                        groups=model_groups(self.arch))
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(width=self.scale.width, depth=self.scale.depth,
                            seq_len=self.scale.seq_len, vocab_size=vocab_size, arch=self.arch)
 
-    def resolved(self) -> dict[str, Any]:
-        """What determines this run's numbers, fully resolved (hashed into the run id)."""
+    def resolved(self, settings: Optional[list[GroupSettings]] = None) -> dict[str, Any]:
+        """What determines this run's numbers, fully resolved (hashed into the run id).
+        ``settings``: this run's `settings()`, when the caller has them already."""
+        settings = self.settings() if settings is None else settings
         return {
             "scale": _flat(self.scale),
             "arch": _flat(self.arch),
-            "settings": [s.as_dict() for s in self.settings()],
+            "settings": [s.as_dict() for s in settings],
             "schedule": _flat(self.schedule),
             "data": _flat(self.data),
             "train": _flat(self.train),
             "seed": self.seed,
         }
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, settings: Optional[list[GroupSettings]] = None) -> dict[str, Any]:
         """The resolved settings in the stable format of ``cpt describe --json``."""
         def scale(s: Scale) -> dict[str, int]:
             return {k: getattr(s, k) for k in ("width", "depth", "batch", "tokens", "seq_len")}
 
         table = self.table()
+        settings = self.settings() if settings is None else settings
         return {"parameterisation": table.name, "alpha": table.alpha,
                 "scale": scale(self.scale), "base_scale": scale(self.base_scale),
-                "groups": [s.as_dict() for s in self.settings()]}
+                "groups": [s.as_dict() for s in settings]}
 
-    def run_id(self) -> str:
-        blob = json.dumps(self.resolved(), sort_keys=True, default=repr)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def run_id(self, settings: Optional[list[GroupSettings]] = None) -> str:
+        return run_id_of(self.resolved(settings))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,8 +328,38 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         from omegaconf import OmegaConf
 
+        if "multipliers" in d and "factors" not in d:  # written before the rename
+            d = {**{k: v for k, v in d.items() if k != "multipliers"},
+                 "factors": d["multipliers"]}
         merged = OmegaConf.merge(OmegaConf.structured(cls), d)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def run_id_of(resolved: dict[str, Any]) -> str:
+    """The id of a run from its `RunConfig.resolved` form."""
+    blob = json.dumps(resolved, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class PlannedRun:
+    """A run a stage wants: its config and the tags that say why it exists (stage, axis,
+    arm...). Its id is computed once. Runs with other tags can share an id; they are trained
+    once."""
+
+    def __init__(self, config: RunConfig, tags: Optional[dict[str, Any]] = None):
+        self.config = config
+        self.tags: dict[str, Any] = dict(tags or {})
+
+    @functools.cached_property
+    def run_id(self) -> str:
+        return self.config.run_id()
+
+    @property
+    def tokens(self) -> int:
+        return self.config.scale.steps * self.config.scale.tokens_per_step
+
+    def __repr__(self) -> str:
+        return f"PlannedRun({self.run_id}, {self.tags})"
 
 
 Status = Literal["completed", "diverged", "failed", "stopped"]
@@ -250,7 +374,7 @@ class RunResult:
     """completed, diverged (stopped early on NaN/blow-up), failed (crashed), or stopped
     (interrupted on request; resumable from its checkpoint)."""
     diverged: bool
-    reason: str | None
+    reason: Optional[str]
     """Why a run diverged or failed."""
     steps: int
     """Steps done."""
@@ -276,6 +400,13 @@ class RunResult:
         losses = [e["val_loss"] for e in self.eval_curve if math.isfinite(e["val_loss"])]
         return min(losses) if losses else math.nan
 
+    def loss_or_inf(self) -> float:
+        """The final validation loss, +inf if the run did not complete: a failed or diverged
+        run loses every comparison and never enters a fit."""
+        if self.status != "completed" or not math.isfinite(self.final_val_loss):
+            return math.inf
+        return float(self.final_val_loss)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -283,23 +414,8 @@ class RunResult:
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
         return cls(**d)
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
-    os.replace(tmp, path)
-
-
-RESULT_FILE = "result.json"
-CONFIG_FILE = "config.json"
-
-
-def load_result(run_dir: Path) -> RunResult | None:
-    """The run's recorded result, or None if it has none yet (stopped runs count as none)."""
-    path = Path(run_dir) / RESULT_FILE
-    if not path.exists():
-        return None
-    result = RunResult.from_dict(json.loads(path.read_text()))
-    return None if result.status == "stopped" else result
+    @classmethod
+    def failed(cls, run_id: str, reason: str, total_steps: int) -> RunResult:
+        """The result of a run that crashed or could not run."""
+        return cls(run_id=run_id, status="failed", diverged=False, reason=reason, steps=0,
+                   total_steps=total_steps, tokens=0, final_val_loss=math.nan)

@@ -8,10 +8,10 @@ learning rate:
 - ``act``: RMS of the output after the steps;
 - ``delta``: RMS of the change of the output caused by the steps.
 
-Each is averaged over layers and seeds, and a line is fitted to log(size) against
-log(multiplier) on each axis. A correct parameterisation keeps the judged slopes near their
-expected value (see `EXPECTED`); a wrong one shows slopes of about +-1/2 or 1 (SP's updates grow
-linearly with width under Adam, its residual stream as sqrt(depth)).
+Each is averaged over layers and seeds, and a line is fitted to log(size) against log(width or
+depth ratio to the base model) on each axis. A correct parameterisation keeps the judged slopes
+near their expected value (see `expected_slope`); a wrong one shows slopes of about +-1/2 or 1
+(SP's updates grow linearly with width under Adam, its residual stream as sqrt(depth)).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
 from .config import RunConfig
 from .scaling import BLOCK_GROUPS, Scale
 from .schedule import ScheduleConfig
+from .schema import Problems
 
 # Pseudo-groups measured besides the parameter groups.
 RESIDUAL = "residual"  # the residual stream entering the final norm
@@ -57,10 +58,11 @@ def expected_slope(group: str, quantity: str, axis: str, alpha: float) -> Option
 class CoordConfig:
     """What the coordinate check measures."""
 
-    width_mults: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
-    """Width multipliers over the base width (at least 4, spanning 8x)."""
-    depth_mults: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
-    """Depth multipliers over the base depth (at least 4, spanning 8x)."""
+    width_ratios: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Widths checked, as ratios to the base width m_N (at least 3 spanning 2x; 4 spanning 8x
+    by default)."""
+    depth_ratios: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Depths checked, as ratios to the base depth m_L (at least 3 spanning 2x)."""
     steps: int = 5
     """Adam steps (constant lr, no warmup) between the two measurements."""
     batch: int = 8
@@ -72,11 +74,25 @@ class CoordConfig:
     tolerance: float = 0.2
     """Largest allowed |slope - expected| for a judged (group, quantity, axis)."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"width_mults": "width_ratios",
+                                         "depth_mults": "depth_ratios"}
 
-def _scaled(base: Scale, axis: str, mult: float) -> Scale:
+    def check(self, at: str, problems: Problems) -> None:
+        for k in ("width_ratios", "depth_ratios"):
+            ratios = getattr(self, k)
+            ok = len(set(ratios)) >= 3 and min(ratios, default=0) > 0 and \
+                max(ratios) / min(ratios) >= 2
+            problems.range(f"{at}.{k}", ratios, ok, "at least 3 distinct positive ratios "
+                           "spanning at least 2x")
+        for k in ("steps", "batch", "seq_len", "seeds"):
+            problems.at_least(f"{at}.{k}", getattr(self, k), 1, "an integer >= 1")
+        problems.positive(f"{at}.tolerance", self.tolerance)
+
+
+def _scaled(base: Scale, axis: str, ratio: float) -> Scale:
     if axis == "width":
-        return dataclasses.replace(base, width=round(base.width * mult))
-    return dataclasses.replace(base, depth=max(1, round(base.depth * mult)))
+        return dataclasses.replace(base, width=round(base.width * ratio))
+    return dataclasses.replace(base, depth=max(1, round(base.depth * ratio)))
 
 
 def measure(run: RunConfig, ccfg: CoordConfig, seed: int) -> dict[tuple[str, str], float]:
@@ -97,13 +113,15 @@ def measure(run: RunConfig, ccfg: CoordConfig, seed: int) -> dict[tuple[str, str
 
     captured: dict[tuple[str, Optional[int]], torch.Tensor] = {}
 
-    def hook(key):
-        def fn(_module, args, output):
+    Key = tuple[str, Optional[int]]
+
+    def hook(key: Key) -> Callable[[torch.nn.Module, tuple[Any, ...], Any], None]:
+        def fn(_module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             captured[key] = output.detach().float().clone()
         return fn
 
-    def pre_hook(key):
-        def fn(_module, args):
+    def pre_hook(key: Key) -> Callable[[torch.nn.Module, tuple[Any, ...]], None]:
+        def fn(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
             captured[key] = args[0].detach().float().clone()
         return fn
 
@@ -149,7 +167,7 @@ class CoordResult:
 
     parameterisation: str
     rows: list[dict] = field(default_factory=list)
-    """One row per (axis, multiplier, group, quantity): the measured size."""
+    """One row per (axis, ratio, group, quantity): the measured size."""
     fits: list[dict] = field(default_factory=list)
     """One row per (axis, group, quantity): slope, expected, verdict (pass/fail/info)."""
 
@@ -173,24 +191,24 @@ def coord_check(run: RunConfig, ccfg: Optional[CoordConfig] = None,
     table = run.table()
     base = dataclasses.replace(run.base_scale)
     result = CoordResult(parameterisation=table.name)
-    jobs = [(axis, m) for axis, mults in (("width", ccfg.width_mults),
-                                          ("depth", ccfg.depth_mults)) for m in mults]
-    for i, (axis, mult) in enumerate(jobs):
-        scale = _scaled(base, axis, mult)
+    jobs = [(axis, r) for axis, ratios in (("width", ccfg.width_ratios),
+                                           ("depth", ccfg.depth_ratios)) for r in ratios]
+    for i, (axis, ratio) in enumerate(jobs):
+        scale = _scaled(base, axis, ratio)
         cfg = dataclasses.replace(run, scale=scale, base_scale=base)
         per_seed = [measure(cfg, ccfg, seed) for seed in range(ccfg.seeds)]
         for key in per_seed[0]:
             group, quantity = key
             value = float(np.mean([m[key] for m in per_seed]))
-            result.rows.append({"axis": axis, "mult": float(mult), "width": scale.width,
+            result.rows.append({"axis": axis, "ratio": float(ratio), "width": scale.width,
                                 "depth": scale.depth, "group": group, "quantity": quantity,
                                 "value": value})
         if progress:
-            progress(i + 1, len(jobs), axis, mult)
+            progress(i + 1, len(jobs), axis, ratio)
     for axis in ("width", "depth"):
         keys = sorted({(r["group"], r["quantity"]) for r in result.rows if r["axis"] == axis})
         for group, quantity in keys:
-            pts = [(r["mult"], r["value"]) for r in result.rows
+            pts = [(r["ratio"], r["value"]) for r in result.rows
                    if r["axis"] == axis and r["group"] == group and r["quantity"] == quantity]
             slope = _slope([p[0] for p in pts], [p[1] for p in pts])
             exp = expected_slope(group, quantity, axis, table.alpha)
@@ -203,22 +221,20 @@ def coord_check(run: RunConfig, ccfg: Optional[CoordConfig] = None,
     return result
 
 
-def write_outputs(result: CoordResult, out_dir: Path) -> dict[str, Path]:
-    """Write the measurements and fits (CSV) and the plot (PNG); return their paths."""
+def write_outputs(result: CoordResult, measurements: Path, fits: Path, plot_file: Path) -> None:
+    """Write the measurements and fits (CSV) and the plot (PNG) to the given files."""
     import polars as pl
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"measurements": out_dir / "coord_measurements.csv",
-             "fits": out_dir / "coord_fits.csv", "plot": out_dir / "coord_check.png"}
-    pl.DataFrame(result.rows).write_csv(paths["measurements"])
-    pl.DataFrame(result.fits).write_csv(paths["fits"])
-    plot(result, paths["plot"])
-    return paths
+    for path in (measurements, fits, plot_file):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(result.rows).write_csv(measurements)
+    pl.DataFrame(result.fits).write_csv(fits)
+    plot(result, plot_file)
 
 
 def plot(result: CoordResult, path: Path) -> None:
-    """Size against multiplier, one panel per (axis, quantity), one line per group; judged
-    groups that fail are drawn thick and red."""
+    """Size against the width or depth ratio, one panel per (axis, quantity), one line per
+    group; judged groups that fail are drawn thick and red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,7 +248,7 @@ def plot(result: CoordResult, path: Path) -> None:
         for row, quantity in enumerate(("act", "delta")):
             ax = axes[row][col]
             for gi, group in enumerate(groups):
-                pts = sorted((r["mult"], r["value"]) for r in result.rows
+                pts = sorted((r["ratio"], r["value"]) for r in result.rows
                              if r["axis"] == axis and r["group"] == group
                              and r["quantity"] == quantity)
                 if not pts:
@@ -245,8 +261,8 @@ def plot(result: CoordResult, path: Path) -> None:
                         label=f"{group} ({f['slope']:+.2f})", **style)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{quantity} vs {axis} multiplier")
-            ax.set_xlabel(f"{axis} multiplier m_{'N' if axis == 'width' else 'L'}")
+            ax.set_title(f"{quantity} vs {axis} ratio")
+            ax.set_xlabel(f"{axis} ratio m_{'N' if axis == 'width' else 'L'}")
             ax.set_ylabel("RMS" if quantity == "act" else "RMS of change after steps")
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=6, ncol=2)

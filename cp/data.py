@@ -13,13 +13,18 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
+
+from .schema import Problems
+
+if TYPE_CHECKING:
+    import torch
 
 #: Corpora shipped inside the package (compressed), by name.
 BUNDLED = {
@@ -44,6 +49,16 @@ class DataConfig:
     """Vocabulary size for token files (default: max id + 1); 256 for text."""
     val_fraction: float = 0.05
     """Fraction of the tokens, taken from the end, held out for validation."""
+
+    def check(self, at: str, problems: Problems) -> None:
+        if self.corpus not in BUNDLED and not Path(self.corpus).expanduser().exists():
+            problems(f"{at}.corpus", f"{self.corpus!r} is neither a bundled corpus nor an "
+                     "existing file (paths are relative to the working directory)",
+                     ", ".join(BUNDLED) + ", or a path to .txt/.bin/.npy")
+        problems.range(f"{at}.val_fraction", self.val_fraction, 0 < self.val_fraction < 0.5,
+                       "0 < val_fraction < 0.5")
+        if self.vocab_size is not None:
+            problems.at_least(f"{at}.vocab_size", self.vocab_size, 1)
 
 
 def cache_dir() -> Path:
@@ -112,7 +127,8 @@ class TokenData:
         self.train = tokens[: len(tokens) - n_val]
         self.val = tokens[len(tokens) - n_val:]
 
-    def _gather(self, split: np.ndarray, starts: np.ndarray, seq_len: int):
+    def _gather(self, split: np.ndarray, starts: np.ndarray, seq_len: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
@@ -120,7 +136,7 @@ class TokenData:
         return chunk[:, :-1], chunk[:, 1:]
 
     def train_batch(self, step: int, batch: int, seq_len: int, seed: int,
-                    rows: slice | None = None):
+                    rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of the global batch of ``step``: a pure function of
         (seed, step), so resuming and data-parallel ranks (``rows``) see the same data."""
         if len(self.train) <= seq_len + 1:
@@ -132,7 +148,8 @@ class TokenData:
             starts = starts[rows]
         return self._gather(self.train, starts, seq_len)
 
-    def val_batches(self, n_sequences: int, seq_len: int, batch: int):
+    def val_batches(self, n_sequences: int, seq_len: int, batch: int
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The validation set: ``n_sequences`` windows spread evenly over the val split, the
         same for every run with this data and seq_len; yielded in batches."""
         if len(self.val) <= seq_len + 1:

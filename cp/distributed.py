@@ -1,6 +1,6 @@
-"""Data parallelism across processes: which rank this process is, the process group's set-up
-from the environment (SLURM tasks through submitit, or torchrun-style variables), and local
-multi-process runs on one machine (gloo on CPU).
+"""Data parallelism across processes: which rank this process is, and the process group's
+set-up from the environment (SLURM tasks through submitit, or torchrun-style variables).
+`cp.execute.train_local` runs several ranks on one machine (gloo on CPU).
 
 A data-parallel run keeps the run's global batch: rank r of W trains on rows r, r+W, ... of
 every step's batch, so the effective batch, and with it every transfer rule that depends on
@@ -10,14 +10,10 @@ it, is that of a single-process run (`cp.train`).
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Optional
-
-from .config import RunConfig, RunResult, load_result
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -73,39 +69,3 @@ def slurm_environment() -> None:
 
     if JobEnvironment().num_tasks > 1:
         TorchDistributedEnvironment().export(overwrite=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Several processes on this machine (tests, and trying data parallelism without a cluster).
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _local_rank_main(rank: int, world: int, port: int, cfg: RunConfig, out_dir: str,
-                     threads: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    import torch
-
-    torch.set_num_threads(threads)
-    from .train import train
-
-    with process_group("gloo"):
-        train(cfg, out_dir)
-
-
-def train_local(cfg: RunConfig, out_dir: Path | str, world: int, threads: int = 1) -> RunResult:
-    """Train ``cfg`` data-parallel in ``world`` processes on this machine (gloo backend, CPU),
-    each with ``threads`` torch threads; returns the result rank 0 wrote to ``out_dir``."""
-    import torch.multiprocessing as mp
-
-    mp.start_processes(_local_rank_main, args=(world, _free_port(), cfg, str(out_dir), threads),
-                       nprocs=world, join=True, start_method="spawn")
-    result = load_result(Path(out_dir))
-    if result is None:
-        raise RuntimeError(f"the {world}-process run left no result in {out_dir}")
-    return result

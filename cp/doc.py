@@ -3,18 +3,47 @@ repository and MLflow) and a self-contained HTML page (figures inlined as data U
 inline, no scripts and nothing fetched from elsewhere).
 
 Text may use two pieces of inline markup, ``**bold**`` and ```code```; everything else is
-escaped in HTML.
+escaped in HTML. `Findings` collects the claims a report makes (verdict paragraphs and their
+numbers) as its sections are written.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number as a report shows it: ``-`` for missing, ``diverged`` for inf."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "diverged"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.{digits}f}"
+
+
+class Findings:
+    """The claims found while writing a report's sections: verdict paragraphs and their
+    numbers (``summary.json``)."""
+
+    def __init__(self) -> None:
+        self.claims: list[dict[str, Any]] = []
+        self.metrics: dict[str, float] = {}
+
+    def claim(self, what: str, text: str, **numbers: Any) -> None:
+        self.claims.append({"claim": what, "text": text, **numbers})
+
+    def metric(self, key: str, value: Optional[float]) -> None:
+        if value is not None and math.isfinite(value):
+            self.metrics[key] = float(value)
 
 
 @dataclass

@@ -1,99 +1,36 @@
-"""Runs a batch of planned runs: skips those with a result, executes the rest, records every
+"""Runs a set of planned runs: skips those with a result, executes the rest, records every
 outcome.
 
 Launchers: ``inline`` (one after another in this process), ``local`` (a pool of worker
 processes, each importing torch once and taking runs as they free up) and ``slurm`` (a job
-array through submitit, `cp.slurm`). A run that raises is recorded as ``failed`` with the
-traceback's tail; a worker process that dies (out of memory, a signal) takes its runs with it
-and they are retried once in a fresh pool. Progress lines say the stage, runs done out of the
-total, and an ETA from the tokens still to train.
+array through submitit, `cp.slurm`). Each run is executed by `cp.execute.execute`. A run that
+raises is recorded as ``failed`` with the traceback's tail; a worker process that dies (out of
+memory, a signal) takes its runs with it and they are retried once in a fresh pool. Progress
+lines say the stage, runs done out of the total, and an ETA from the tokens still to train.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
-import json
 import multiprocessing
 import os
-import socket
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
-from .config import RESULT_FILE, RunConfig, RunResult, load_result, write_json_atomic
-from .plan import PlannedRun
-from .spec import LauncherSpec
-from .study import Study
+from .config import PlannedRun, RunConfig, RunResult
+from .execute import LaunchError, ProgressFn, ResultHook, execute, read_events, record_failed
+from .resources import LauncherSpec
+from .study import RunFolder, Study
 
-EVENTS_FILE = "events.jsonl"
-ResultHook = Callable[[PlannedRun, RunResult], None]
-
-
-class LaunchError(RuntimeError):
-    """Runs cannot be launched as configured (no SLURM here, a partition SLURM refuses, local
-    workers that die before starting anything): a setting or an environment the user must
-    fix, not a failed run."""
+Echo = Callable[[str], None]
 
 
-def log_event(run_dir: Path, event: str, **info) -> None:
-    """Append one line to the run's event log (start/finish per attempt: audit trail)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rec = {"event": event, "time": time.time(), "host": socket.gethostname(),
-           "pid": os.getpid(), **info}
-    with open(run_dir / EVENTS_FILE, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
-def read_events(run_dir: Path) -> list[dict]:
-    """The run's event log, oldest first (empty if it has none)."""
-    path = run_dir / EVENTS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def execute(cfg: RunConfig, run_dir: Path, threads: int = 0,
-            should_stop: Optional[Callable[[], bool]] = None) -> RunResult:
-    """Train one run into ``run_dir``; an exception becomes a recorded ``failed`` result.
-    ``should_stop`` asks the run to stop at a checkpoint (see `cp.train.train`). In a
-    data-parallel process group every rank calls this; rank 0 alone writes."""
-    from .distributed import is_writer
-    from .train import train
-
-    if threads:
-        cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime,
-                                                                   threads=threads))
-    writer = is_writer()
-
-    def note_resume(rec: dict) -> None:
-        if writer and rec.get("event") == "resumed":
-            log_event(run_dir, "resumed", step=rec["step"])
-
-    if writer:
-        log_event(run_dir, "start")
-    try:
-        result = train(cfg, run_dir, log=note_resume, should_stop=should_stop)
-    except Exception as e:  # a crash is a result, not the end of the study
-        tail = "".join(traceback.format_exception(e))[-2000:]
-        result = RunResult(run_id=cfg.run_id(), status="failed", diverged=False,
-                           reason=f"{type(e).__name__}: {e}\n{tail}", steps=0,
-                           total_steps=cfg.scale.steps, tokens=0, final_val_loss=float("nan"))
-        if writer:
-            write_json_atomic(run_dir / RESULT_FILE, result.to_dict())
-    if writer:
-        log_event(run_dir, "finish", status=result.status,
-                  **({"step": result.steps} if result.status == "stopped" else {}))
-    return result
-
-
-def _started_here(run_dir: Path, since: float) -> bool:
+def _started_here(folder: RunFolder, since: float) -> bool:
     """Whether the run started after ``since`` and has not finished (per its event log)."""
-    recent = [e["event"] for e in read_events(run_dir) if e["time"] >= since]
+    recent = [e["event"] for e in read_events(folder) if e["time"] >= since]
     return recent.count("start") > recent.count("finish")
 
 
@@ -141,40 +78,35 @@ def resolve_workers(spec: LauncherSpec, n_runs: int) -> tuple[int, int]:
     return workers, threads
 
 
-def record_failed(pr: PlannedRun, reason: str, study: Study) -> RunResult:
-    """Record ``pr`` as failed (a result like any other) and return that result."""
-    result = RunResult(run_id=pr.run_id, status="failed", diverged=False, reason=reason,
-                       steps=0, total_steps=pr.config.scale.steps, tokens=0,
-                       final_val_loss=float("nan"))
-    write_json_atomic(study.run_dir(pr.run_id) / RESULT_FILE, result.to_dict())
-    return result
-
-
-RunFn = Callable[[RunConfig, Path, int], RunResult]
+RunFn = Callable[[RunConfig, RunFolder, int], RunResult]
 
 
 class Launcher:
-    """Runs batches of planned runs for one stage; a process pool, once started, serves every
-    batch of the stage (a search's many small batches pay for torch's start-up once).
+    """Runs the planned runs of one stage, in as many calls to `run` as the stage likes; a
+    process pool, once started, serves every call (a search's many small rounds pay for
+    torch's start-up once).
 
     ``max_parallel`` caps the pool (a search with 2 trials in flight needs 2 workers, and
     each can then have more threads). ``fn`` trains one run; it must be importable by worker
-    processes. With ``kind: slurm`` each batch is a job array (`cp.slurm`) and every job
-    trains with `execute` (``fn`` and the pool are not used).
+    processes. With ``kind: slurm`` each call is a job array (`cp.slurm`) and every job
+    trains with `execute` (``fn`` and the pool are not used). ``force`` trains runs that
+    have a result again; ``progress`` receives the progress records of runs trained inline.
     """
 
     def __init__(self, study: Study, spec: LauncherSpec, stage: str,
                  max_parallel: Optional[int] = None, on_result: Optional[ResultHook] = None,
-                 echo: Callable[[str], None] = print, fn: RunFn = execute):
+                 echo: Echo = print, fn: RunFn = execute, force: bool = False,
+                 progress: Optional[ProgressFn] = None):
         self.study, self.spec, self.stage = study, spec, stage
         self.max_parallel, self.on_result, self.echo, self.fn = max_parallel, on_result, echo, fn
+        self.force, self.progress = force, progress
         self._pool: Optional[cf.ProcessPoolExecutor] = None
         self._shape: Optional[tuple[int, int]] = None  # (workers, threads) of the pool
 
     def __enter__(self) -> Launcher:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -197,8 +129,9 @@ class Launcher:
         results: dict[str, RunResult] = {}
         todo: list[PlannedRun] = []
         for rid, pr in unique.items():
-            cached = load_result(self.study.run_dir(rid))
-            if cached is not None and self.spec.retry_failed and cached.status == "failed":
+            cached = self.study.run(rid).load_result()
+            if cached is not None and (self.force or (self.spec.retry_failed
+                                                      and cached.status == "failed")):
                 cached = None
             if cached is not None:
                 results[rid] = cached
@@ -229,16 +162,20 @@ class Launcher:
                 self.on_result(pr, result)
 
         if slurm:
-            from .slurm import run_batch
+            from .slurm import run_jobs
 
-            run_batch(todo, self.study, self.spec, stage, finished, echo)
+            run_jobs(todo, self.study, self.spec, stage, finished, echo)
             return results
         if inline:
             for pr in todo:
+                folder = self.study.run(pr.run_id)
                 try:
-                    result = self.fn(pr.config, self.study.run_dir(pr.run_id), threads)
+                    if self.progress is not None and self.fn is execute:
+                        result = execute(pr.config, folder, threads, progress=self.progress)
+                    else:
+                        result = self.fn(pr.config, folder, threads)
                 except Exception as e:
-                    result = record_failed(pr, f"{type(e).__name__}: {e}", self.study)
+                    result = record_failed(pr, f"{type(e).__name__}: {e}", folder)
                 finished(pr, result)
             return results
 
@@ -248,7 +185,7 @@ class Launcher:
                 self.close()
             pool = self._pool_for(1 if isolated else workers, threads)
             broken: list[PlannedRun] = []
-            futures = {pool.submit(self.fn, pr.config, self.study.run_dir(pr.run_id),
+            futures = {pool.submit(self.fn, pr.config, self.study.run(pr.run_id),
                                    threads): pr for pr in batch}
             for fut in cf.as_completed(futures):
                 pr = futures[fut]
@@ -258,7 +195,8 @@ class Launcher:
                     broken.append(pr)
                     continue
                 except Exception as e:  # raised outside train()'s own guard
-                    result = record_failed(pr, f"{type(e).__name__}: {e}", self.study)
+                    result = record_failed(pr, f"{type(e).__name__}: {e}",
+                                           self.study.run(pr.run_id))
                 finished(pr, result)
             if broken or isolated:
                 self.close()  # a broken pool cannot be reused; an isolated one is done
@@ -273,7 +211,7 @@ class Launcher:
             # each is retried alone, and one that kills its worker again is recorded as
             # failed. Runs that had not started go back to the parallel pool.
             started = [pr for pr in broken
-                       if _started_here(self.study.run_dir(pr.run_id), session_start)]
+                       if _started_here(self.study.run(pr.run_id), session_start)]
             suspects = started or broken
             todo = [pr for pr in broken if pr not in suspects]
             echo(f"[{stage}] a worker process died; retrying {len(suspects)} run(s) one at a "
@@ -281,7 +219,7 @@ class Launcher:
             for pr in suspects:
                 if not run_pool([pr], isolated=True):
                     continue
-                if not _started_here(self.study.run_dir(pr.run_id), session_start):
+                if not _started_here(self.study.run(pr.run_id), session_start):
                     # A worker that dies before it starts any run is not the run's fault:
                     # recording a failure would hide a broken environment behind a cache.
                     raise LaunchError(
@@ -290,13 +228,13 @@ class Launcher:
                         "(worker processes are spawned and import the main module); "
                         "otherwise check that `python -c 'import torch, cp'` works.")
                 finished(pr, record_failed(pr, "its worker process died twice (out of memory? "
-                                               "killed?)", self.study))
+                                           "killed?)", self.study.run(pr.run_id)))
         return results
 
 
 def launch(runs: Sequence[PlannedRun], study: Study, launcher: LauncherSpec, stage: str,
-           on_result: Optional[ResultHook] = None, echo: Callable[[str], None] = print,
+           on_result: Optional[ResultHook] = None, echo: Echo = print,
            fn: RunFn = execute) -> dict[str, RunResult]:
-    """One batch through a `Launcher` of its own (at most one worker per run)."""
+    """Runs through a `Launcher` of their own (at most one worker per run)."""
     with Launcher(study, launcher, stage, on_result=on_result, echo=echo, fn=fn) as runner:
         return runner.run(runs)

@@ -29,6 +29,7 @@ class Linear(nn.Module):
         self.multiplier = float(s.multiplier)
 
     def reset_parameters(self) -> None:
+        assert self.init_std is not None  # only gains (RMSNorm) have none
         nn.init.normal_(self.weight, std=self.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +138,9 @@ _TOP_PARAM_GROUPS = {"embedding": "embedding", "final_norm.gain": "final_norm",
 class GPT(nn.Module):
     """Decoder-only transformer built from resolved per-(group, layer) settings."""
 
+    rope_cos: torch.Tensor  # buffers, registered in __init__
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, settings: Iterable[GroupSettings]):
         super().__init__()
         if cfg.width % cfg.arch.head_dim:
@@ -160,10 +164,12 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        assert self.embedding_std is not None  # the embedding is not a gain
         nn.init.normal_(self.embedding, std=self.embedding_std)
         for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if m is not self and reset is not None:
+                reset()
 
     def tagged_parameters(self) -> Iterator[tuple[str, int | None, str, nn.Parameter]]:
         """(group, layer, name, parameter) for every parameter."""
@@ -181,7 +187,8 @@ class GPT(nn.Module):
             if group != "embedding":
                 yield group, layer, self.get_submodule(name.rsplit(".", 1)[0])
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits, or (loss to optimise, cross-entropy) when targets are given."""
         T = idx.shape[1]
         h = F.embedding(idx, self.embedding)

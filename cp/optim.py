@@ -8,21 +8,25 @@ it. Parameters whose settings coincide share one torch param group, so a model w
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from .scaling import GroupSettings
 from .schedule import ScheduleConfig, lr_factor
 
+if TYPE_CHECKING:
+    from .model import GPT
 
-def param_groups(model: torch.nn.Module, settings: Iterable[GroupSettings]) -> list[dict]:
+
+def param_groups(model: GPT, settings: Iterable[GroupSettings]) -> list[dict]:
     """torch param groups: parameters with equal (lr, eps, betas, weight decay) share one.
 
     Each group also records its members as ``cp_members`` [(group, layer, name), ...].
     """
     by_key = {(s.group, s.layer): s for s in settings}
     merged: dict[tuple, dict] = {}
-    for group, layer, name, p in model.tagged_parameters():  # type: ignore[attr-defined]
+    for group, layer, name, p in model.tagged_parameters():
         s = by_key[group, layer]
         key = (s.lr, s.eps, s.beta1, s.beta2, s.weight_decay)
         g = merged.setdefault(key, {"params": [], "lr": s.lr, "eps": s.eps,
@@ -33,7 +37,7 @@ def param_groups(model: torch.nn.Module, settings: Iterable[GroupSettings]) -> l
     return list(merged.values())
 
 
-def build_optimizer(model: torch.nn.Module, settings: Iterable[GroupSettings],
+def build_optimizer(model: GPT, settings: Iterable[GroupSettings],
                     schedule: ScheduleConfig, total_steps: int
                     ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the model's per-group settings and its LambdaLR schedule."""

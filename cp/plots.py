@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 
-def _plt():
+def _plt() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +72,7 @@ def plot_target_curves(curves: dict[str, list[tuple[float, float]]], path: Path,
                        speedups: Optional[dict[str, float]] = None,
                        reference: Optional[str] = None,
                        bands: Optional[dict[str, tuple[list, list, list]]] = None,
-                       marks: Optional[dict[str, float]] = None) -> None:
+                       marks: Optional[dict[str, Optional[float]]] = None) -> None:
     """Validation loss against steps, one line per arm (seed means); the reference arm's final
     loss is drawn across, and each other arm's speedup is in its label. ``bands``: arm ->
     (steps, lowest, highest) over seeds, shaded. ``marks``: arm -> the step at which it
@@ -79,6 +80,7 @@ def plot_target_curves(curves: dict[str, list[tuple[float, float]]], path: Path,
     reference's last step, its denominator this step)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    ref_curve = curves.get(reference) if reference is not None else None
     for i, (arm, curve) in enumerate(curves.items()):
         colour = f"C{i}"
         label = arm
@@ -89,12 +91,12 @@ def plot_target_curves(curves: dict[str, list[tuple[float, float]]], path: Path,
         if bands and arm in bands and len(bands[arm][0]) > 1:
             steps, lo, hi = bands[arm]
             ax.fill_between(steps, lo, hi, color=colour, alpha=0.15, lw=0)
-        if marks and arm in marks and marks[arm] is not None and curves.get(reference):
-            level = curves[reference][-1][1]
+        if marks and arm in marks and marks[arm] is not None and ref_curve:
+            level = ref_curve[-1][1]
             ax.plot([marks[arm]], [level], marker="v", ms=9, color=colour, ls="none")
             ax.axvline(marks[arm], color=colour, lw=0.8, ls=":")
-    if curves.get(reference):
-        ax.axhline(curves[reference][-1][1], color="grey", lw=0.8, ls="--",
+    if ref_curve:
+        ax.axhline(ref_curve[-1][1], color="grey", lw=0.8, ls="--",
                    label=f"{reference}'s final loss")
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")

@@ -1,6 +1,6 @@
 """Who ran a stage, with which code, and when: the record each stage leaves in its folder
-(``<stage>/stage.json``). Tracking tags its MLflow runs from it, so `cpt sync` can tag a study
-logged long after it ran with the commit that actually ran it."""
+(`cp.study.Study.stage_record`). Tracking tags its MLflow runs from it, so `cpt sync` can tag
+a study logged long after it ran with the commit that actually ran it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Optional
-
-STAGE_RECORD = "stage.json"
 
 
 def _git(*args: str) -> Optional[subprocess.CompletedProcess]:

@@ -1,10 +1,23 @@
-"""The resources of a SLURM job (``launcher.slurm`` in a spec). Torch- and submitit-free: the
-schema and its validation import it; `cp.slurm` turns it into sbatch options."""
+"""Where runs execute: the ``launcher`` section of a spec and the resources of a SLURM job
+(``launcher.slurm``), with their checks. Torch- and submitit-free: the spec imports it;
+`cp.launch` and `cp.slurm` act on it."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
+
+from .schema import Problems, SpecError, coerce, suggest
+
+# Allowed range of each numeric SLURM key: (lowest value, what the message says).
+_SLURM_RANGES = {"gpus_per_node": (0, "an integer >= 0"), "nodes": (1, "an integer >= 1"),
+                 "tasks_per_node": (0, "an integer >= 0 (0: one per GPU)"),
+                 "cpus_per_task": (1, "an integer >= 1"), "time_min": (1, "minutes >= 1"),
+                 "signal_delay_s": (0, "seconds >= 0"), "max_timeouts": (0, "an integer >= 0"),
+                 "array_parallelism": (1, "an integer >= 1")}
 
 
 @dataclass
@@ -55,3 +68,78 @@ class SlurmSpec:
     ``slurm/`` inside the study folder."""
     poll_s: float = 15.0
     """Seconds between checks of the queue and of the run folders while runs train."""
+
+    def check(self, at: str, problems: Problems, keys: Optional[Sequence[str]] = None) -> None:
+        """The keys in ``keys`` (default: all); a per-stage override checks the ones it sets,
+        merged over the shared section."""
+        keys = list(keys) if keys is not None else [f.name for f in dataclasses.fields(self)]
+        for k, (lo, allowed) in _SLURM_RANGES.items():
+            if k in keys:
+                problems.at_least(f"{at}.{k}", getattr(self, k), lo, allowed)
+        for k in ("mem_gb", "poll_s"):
+            if k in keys and getattr(self, k) is not None:
+                problems.positive(f"{at}.{k}", getattr(self, k))
+        if ("signal_delay_s" in keys or "time_min" in keys) and isinstance(self.time_min, int) \
+                and isinstance(self.signal_delay_s, int) and self.time_min >= 1 and \
+                self.signal_delay_s >= self.time_min * 60:
+            problems(f"{at}.signal_delay_s", f"{self.signal_delay_s} s is not within the "
+                     f"time limit of {self.time_min} min (time_min): a job would be told to "
+                     "checkpoint as soon as it starts", f"signal_delay_s < {self.time_min * 60}")
+
+
+@dataclass
+class LauncherSpec:
+    """Where runs execute (usually set by the Snakemake profile)."""
+
+    kind: Literal["inline", "local", "slurm"] = "local"
+    """``inline``: one after another in the stage's process; ``local``: a process pool;
+    ``slurm``: one SLURM job per run (job arrays through submitit)."""
+    workers: int = 0
+    """Runs in parallel (local); 0: one per CPU core."""
+    threads_per_run: int = 0
+    """torch threads per run; 0: CPU cores / workers."""
+    retry_failed: bool = False
+    """Train runs recorded as failed again (e.g. after fixing what made them crash)."""
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    """Job resources when kind is ``slurm``."""
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-stage SLURM resources merged over ``slurm``: stage (sweep, search, target) ->
+    keys of ``slurm`` (``{target: {gpus_per_node: 8, nodes: 2}}``)."""
+
+    def slurm_for(self, stage: str) -> SlurmSpec:
+        """The SLURM resources of ``stage``'s jobs: ``slurm`` with the stage's overrides."""
+        changes = self.stages.get(stage) or {}
+        if not changes:
+            return self.slurm
+        problems = Problems()
+        merged = coerce({**dataclasses.asdict(self.slurm), **changes}, SlurmSpec,
+                        f"launcher.stages.{stage}", problems)
+        if problems:
+            raise SpecError("<launcher>", problems.items)
+        return SlurmSpec(**merged)
+
+    def check(self, at: str, problems: Problems, launched_stages: Sequence[str] = ()) -> None:
+        """``launched_stages``: the stages whose runs go through the launcher (the keys that
+        ``stages`` may have)."""
+        for k in ("workers", "threads_per_run"):
+            problems.at_least(f"{at}.{k}", getattr(self, k), 0, "an integer >= 0 (0: automatic)")
+        self.slurm.check(f"{at}.slurm", problems)
+        hints = typing.get_type_hints(SlurmSpec)
+        for stage, keys in self.stages.items():
+            key = f"{at}.stages.{stage}"
+            if stage not in launched_stages:
+                problems(key, f"{stage!r} is not a stage that trains runs" +
+                         suggest(stage, launched_stages), ", ".join(launched_stages))
+                continue
+            if not isinstance(keys, dict):
+                problems(key, f"expected a mapping of launcher.slurm keys, got {keys!r}",
+                         ", ".join(hints))
+                continue
+            before = len(problems.items)
+            checked = {}
+            for k, v in keys.items():
+                if problems.choice(f"{key}.{k}", k, hints, "key"):
+                    checked[k] = coerce(v, hints[k], f"{key}.{k}", problems)
+            if len(problems.items) == before:  # well typed: check the merged values
+                merged = SlurmSpec(**{**dataclasses.asdict(self.slurm), **checked})
+                merged.check(key, problems, keys=list(checked))

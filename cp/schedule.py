@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from .schema import Problems
+
 
 @dataclass
 class ScheduleConfig:
@@ -24,6 +26,13 @@ class ScheduleConfig:
     0.2 = warmup-stable-decay with the last 20% decaying)."""
     final_lr: float = 0.1
     """Learning rate at the last step, as a fraction of the peak."""
+
+    def check(self, at: str, problems: Problems) -> None:
+        problems.range(f"{at}.warmup", self.warmup, 0 <= self.warmup < 1, "0 <= warmup < 1")
+        problems.range(f"{at}.decay_fraction", self.decay_fraction,
+                       0 <= self.decay_fraction <= 1, "0 <= decay_fraction <= 1")
+        problems.range(f"{at}.final_lr", self.final_lr, 0 <= self.final_lr <= 1,
+                       "0 <= final_lr <= 1")
 
 
 def lr_factor(step: int, total_steps: int, sched: ScheduleConfig) -> float:

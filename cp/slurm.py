@@ -1,5 +1,6 @@
-"""Runs on SLURM through submitit: a batch of runs becomes one job array, each job trains one
-run into its run folder, and the stage process (on the login node) waits for the results.
+"""Runs on SLURM through submitit: the runs of one launcher call become one job array, each job
+trains one run into its run folder, and the stage process (on the login node) waits for the
+results.
 
 - Resources come from ``launcher.slurm`` merged with ``launcher.stages[stage]``; a job with
   several tasks (GPUs, nodes) trains its run data-parallel, one rank per task.
@@ -26,20 +27,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from types import FrameType
+from typing import Any, NoReturn, Optional
 
 from submitit import JobEnvironment, SlurmExecutor
 from submitit.core.utils import JobPaths
 from submitit.helpers import Checkpointable, clean_env
 
-from .config import RESULT_FILE, RunConfig, RunResult, load_result
+from .config import PlannedRun, RunConfig, RunResult
 from .distributed import process_group, slurm_environment
-from .launch import LaunchError, execute, log_event, read_events, record_failed
-from .plan import PlannedRun
-from .spec import LauncherSpec, SlurmSpec
+from .execute import LaunchError, ResultHook, execute, log_event, read_events, record_failed
+from .resources import LauncherSpec, SlurmSpec
 from .study import Study
-
-Finished = Callable[[PlannedRun, RunResult], None]
 
 # Job states in which a job may still produce its result (squeue's long names); any other
 # state, or no longer being listed at all, means the job has ended.
@@ -64,18 +63,18 @@ class _StopSignals:
     def __init__(self) -> None:
         self.usr = getattr(signal, "SIG" + JobEnvironment.USR_SIG)
         self.received: Optional[int] = None
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Callable[[int, Optional[FrameType]], Any] | int | None] = {}
 
     def __enter__(self) -> _StopSignals:
         for sig in (self.usr, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self._note)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
 
-    def _note(self, signum: int, frame) -> None:
+    def _note(self, signum: int, frame: Optional[FrameType]) -> None:
         # submitit's signal wins: it means "requeue me", SIGTERM only "stop".
         if self.received != self.usr:
             self.received = signum
@@ -87,11 +86,15 @@ class _StopSignals:
         """The run stopped at a checkpoint: let submitit requeue the job (its signal), or end
         the job without a result (SIGTERM: SLURM itself requeues or cancels it). Never
         returns."""
-        handler = self.previous.get(self.received) if self.received == self.usr else None
-        if callable(handler):
-            handler(self.received, None)  # rank 0: checkpoint(), scontrol requeue, exit
-        sys.exit(f"cp: stopped at a checkpoint on {signal.Signals(self.received).name}; the "
-                 "run resumes from it when the job runs again")
+        sig = self.received
+        if sig is not None and sig == self.usr:
+            handler = self.previous.get(sig)
+            if callable(handler):
+                handler(sig, None)  # rank 0: checkpoint(), scontrol requeue, exit
+        # None: another rank's signal stopped the run before this rank's own arrived.
+        why = signal.Signals(sig).name if sig is not None else "another rank's signal"
+        sys.exit(f"cp: stopped at a checkpoint on {why}; the run resumes from it when the job "
+                 "runs again")
 
 
 class SlurmRun(Checkpointable):
@@ -103,10 +106,12 @@ class SlurmRun(Checkpointable):
         self.config, self.run_dir, self.threads = config, run_dir, threads
 
     def __call__(self) -> str:
+        from .study import RunFolder
+
         slurm_environment()
         with _StopSignals() as stop:
             with process_group():
-                result = execute(self.config, Path(self.run_dir), self.threads,
+                result = execute(self.config, RunFolder(Path(self.run_dir)), self.threads,
                                  should_stop=stop.requested)
             if result.status == "stopped":
                 stop.hand_over()
@@ -215,7 +220,7 @@ def _adoptable(run: PlannedRun, study: Study, states: Optional[dict[str, str]]) 
     """The job a previous stage process submitted for ``run``, if it is still queued."""
     if states is None:
         return None
-    submitted = [e for e in read_events(study.run_dir(run.run_id)) if e["event"] == "submitted"]
+    submitted = [e for e in read_events(study.run(run.run_id)) if e["event"] == "submitted"]
     if not submitted:
         return None
     last = submitted[-1]
@@ -228,15 +233,15 @@ def submit(runs: Sequence[PlannedRun], study: Study, launcher: LauncherSpec, sta
            echo: Callable[[str], None]) -> list[_Job]:
     """Submit ``runs`` as one job array; returns their jobs."""
     s = launcher.slurm_for(stage)
-    folder = (Path(s.log_dir) if s.log_dir else study.root / "slurm").absolute() / "%j"
+    folder = (Path(s.log_dir) if s.log_dir else study.slurm_dir).absolute() / "%j"
     ex = executor(s, folder, f"cp-{study.name}-{stage}")
     threads = launcher.threads_per_run or s.cpus_per_task
     for pr in runs:  # a failed result being retried must not read as this attempt's
-        run_dir = study.run_dir(pr.run_id)
-        previous = load_result(run_dir)
+        run = study.run(pr.run_id)
+        previous = run.load_result()
         if previous is not None:
-            log_event(run_dir, "retry", previous=previous.status)
-            (run_dir / RESULT_FILE).unlink()
+            log_event(run, "retry", previous=previous.status)
+            run.result.unlink()
     try:
         with clean_env(), ex.batch():  # no SLURM variables of an enclosing job leak in
             jobs = [ex.submit(SlurmRun(pr.config, str(study.run_dir(pr.run_id).absolute()),
@@ -248,7 +253,7 @@ def submit(runs: Sequence[PlannedRun], study: Study, launcher: LauncherSpec, sta
     tasks = tasks_per_job(s)
     out = []
     for pr, job in zip(runs, jobs, strict=True):
-        log_event(study.run_dir(pr.run_id), "submitted", job_id=job.job_id,
+        log_event(study.run(pr.run_id), "submitted", job_id=job.job_id,
                   folder=str(folder), tasks=tasks, stage=stage)
         out.append(_Job(pr, job.job_id, str(folder), tasks))
     array = jobs[0].job_id.split("_")[0] if jobs else "-"
@@ -261,7 +266,7 @@ def _outcome(job: _Job, states: Optional[dict[str, str]], study: Study,
              grace: float) -> Optional[RunResult]:
     """The run's result if it has one, a recorded failure if its job ended ``grace`` seconds
     ago without one, else None (still queued or running)."""
-    result = load_result(study.run_dir(job.run.run_id))
+    result = study.run(job.run.run_id).load_result()
     if result is not None or states is None:
         return result
     state = states.get(job.job_id)
@@ -278,8 +283,8 @@ def _outcome(job: _Job, states: Optional[dict[str, str]], study: Study,
 def _record_failed(job: _Job, state: Optional[str], study: Study) -> RunResult:
     what = f"ended ({state})" if state else "is no longer in the queue"
     result = record_failed(job.run, f"SLURM job {job.job_id} {what} without a result; "
-                           f"stderr:\n{job.stderr_tail()}", study)
-    log_event(study.run_dir(job.run.run_id), "job-failed", job_id=job.job_id, state=state)
+                           f"stderr:\n{job.stderr_tail()}", study.run(job.run.run_id))
+    log_event(study.run(job.run.run_id), "job-failed", job_id=job.job_id, state=state)
     return result
 
 
@@ -317,7 +322,7 @@ class _Monitor:
             self.last_line, self.last_time = line, now
 
 
-def wait(jobs: Sequence[_Job], study: Study, stage: str, poll_s: float, finished: Finished,
+def wait(jobs: Sequence[_Job], study: Study, stage: str, poll_s: float, finished: ResultHook,
          echo: Callable[[str], None]) -> None:
     """Wait for ``jobs``, calling ``finished`` as each run's result comes in. A job that ends
     without a result (cancelled, killed, out of memory, crashed outside training) is recorded
@@ -350,7 +355,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def raise_interrupt(signum, frame):
+    def raise_interrupt(signum: int, frame: Optional[FrameType]) -> NoReturn:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, raise_interrupt)
@@ -360,8 +365,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_batch(runs: Sequence[PlannedRun], study: Study, launcher: LauncherSpec, stage: str,
-              finished: Finished, echo: Callable[[str], None]) -> None:
+def run_jobs(runs: Sequence[PlannedRun], study: Study, launcher: LauncherSpec, stage: str,
+             finished: ResultHook, echo: Callable[[str], None]) -> None:
     """Train ``runs`` (none has a result) on SLURM: adopt the jobs a killed stage process left
     queued, submit the rest as one job array, and wait for all of them."""
     with _sigterm_as_interrupt():
@@ -376,4 +381,4 @@ def run_batch(runs: Sequence[PlannedRun], study: Study, launcher: LauncherSpec, 
         wait(jobs, study, stage, launcher.slurm_for(stage).poll_s, finished, echo)
 
 
-__all__ = ["SlurmRun", "queue_states", "run_batch", "submit", "wait"]
+__all__ = ["SlurmRun", "queue_states", "run_jobs", "submit", "wait"]

@@ -1,222 +1,38 @@
-"""Study specs: the YAML schema (typed OmegaConf structured configs), its validation, and the
-expansion of a spec into concrete runs.
+"""Study specs: the YAML schema (typed OmegaConf structured configs) and its loading.
 
-A spec is checked completely before any work: every problem is reported with the file, the key
-path, the bad value and what is allowed (unknown keys get a did-you-mean). `load_spec` raises
-`SpecError` carrying all of them; the CLI prints them without a traceback.
+The schema is composed here from sections that live with the code they configure: the run
+settings (`cp.config.RunSettings`: data, arch, parameterisation, hps, factors, schedule, train,
+runtime, seed), the models (`cp.scaling.Scale`), each stage's section (in its module under
+`cp.stages`), the launcher (`cp.resources`) and tracking. Each section's fields carry their
+docs and defaults, and its ``check`` method its allowed values.
+
+A spec is checked completely before any work: a structural pass (unknown keys with a
+did-you-mean, types, required keys, renamed keys) on the raw YAML, then each section's checks
+on the typed spec. `load_spec` raises `SpecError` carrying every problem, each with the file,
+the key path, the bad value and what is allowed; the CLI prints them without a traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import yaml
 
-from .config import (
-    ArchConfig,
-    ParamConfig,
-    RunConfig,
-    RuntimeConfig,
-    TrainConfig,
-)
-from .coord import CoordConfig
-from .data import DataConfig
-from .resources import SlurmSpec
-from .scaling import HPs, Multipliers, Scale
-from .schedule import ScheduleConfig
-from .search.trrs import TRRSConfig
-from .validate import Problem, SpecError, coerce, semantic_checks
-
-
-@dataclass
-class ModelSpec:
-    """One named model of the study: where it sits on the transfer axes."""
-
-    width: int
-    """Model width d_model (a multiple of arch.head_dim)."""
-    depth: int
-    """Number of transformer blocks."""
-    batch: int
-    """Sequences per optimiser step (global batch)."""
-    tokens: int
-    """Training tokens (the horizon); steps = tokens / (batch * seq_len)."""
-    seq_len: int = 128
-    """Tokens per sequence."""
-
-    def scale(self) -> Scale:
-        return Scale(self.width, self.depth, self.batch, self.tokens, self.seq_len)
-
-
-@dataclass
-class TableSpec:
-    """A named rule table derived from a built-in one."""
-
-    base: str = "completed_p"
-    """Built-in table to start from."""
-    alpha: Optional[float] = None
-    """Residual-branch exponent (default: the base table's)."""
-    rules: dict[str, dict[str, dict[str, Union[float, str]]]] = field(default_factory=dict)
-    """Exponent overrides: group or group set -> HP kind -> axis -> exponent."""
-
-
-@dataclass
-class CheckSpec(CoordConfig):
-    """The coordinate check, run first as the study's guard: a failing parameterisation stops
-    the study before any sweep."""
-
-    enabled: bool = True
-    """Run the check (and stop the study when it fails)."""
-
-
-@dataclass
-class SweepBlock:
-    """An extra transfer sweep with its own tables, axes and grid (e.g. an ablation of one
-    rule: the HP it governs, along the axis it is about, with and without the rule)."""
-
-    name: str
-    """Block name (in tables and the report)."""
-    parameterisations: list[str]
-    """Tables compared (built-in or from ``tables``)."""
-    axes: dict[str, list[int]]
-    """``width``, ``depth``, ``batch`` or ``tokens`` -> values of that field of the base model
-    (include the base value to have it in the curves)."""
-    grid: dict[str, list[float]]
-    """HP kind -> base values swept at every axis value (others stay at the spec's ``hps``).
-    ``group.kind`` sweeps one group's (or group set's) own base value, e.g.
-    ``qk_norms.eps: [1.0e-6, 1.0e-4]`` for the rule of the QK-norm gains alone."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of every point."""
-
-
-@dataclass
-class SweepSpec:
-    """Global HP grids at the base model, and the same grid along the transfer axes."""
-
-    grid: dict[str, list[float]] = field(default_factory=dict)
-    """HP kind -> values at the base scale (e.g. ``lr: [0.002, 0.004, 0.008]``); the full
-    product is swept at the base model. Empty: no sweep, the spec's ``hps`` are the optimum.
-    ``group.kind`` (``qk_norms.eps``) sweeps one group's or group set's own base value."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of every sweep point (losses are averaged over them)."""
-    parameterisations: list[str] = field(default_factory=list)
-    """Tables swept besides the study's own (e.g. ``[sp]``), for side-by-side transfer curves
-    and for arms that use them."""
-    axes: dict[str, list[int]] = field(default_factory=dict)
-    """Transfer axes: ``width``, ``depth``, ``batch`` or ``tokens`` -> values of that field
-    of the base model (the other fields stay). Each value gets the ``axes_kinds`` grid."""
-    axes_kinds: list[str] = field(default_factory=lambda: ["lr"])
-    """Grid kinds varied along the axes (others stay at the spec's ``hps``)."""
-    extra: list[SweepBlock] = field(default_factory=list)
-    """More transfer sweeps, each with its own tables, axes and grid (ablations)."""
-
-
-@dataclass
-class SelectSpec:
-    """How the global optimum is picked from the base-model sweep."""
-
-    method: Literal["argmin", "fit"] = "fit"
-    """``argmin`` of the seed-averaged loss, or ``fit``: the argmin, refined for each kind by a
-    quadratic fit of loss against log2(value) through the argmin and its grid neighbours."""
-
-
-@dataclass
-class SearchSpec:
-    """Per-module search at the base model, starting from the global optimum."""
-
-    enabled: bool = True
-    """Run the search (arms with ``multipliers: search`` need it)."""
-    algorithm: Literal["trrs", "random", "tpe", "cmaes"] = "trrs"
-    """``trrs`` (trust-region random search, the paper's), ``random``, or Optuna's ``tpe`` /
-    ``cmaes``."""
-    kinds: list[str] = field(default_factory=lambda: ["lr"])
-    """HP kinds that get per-module multipliers (``multiplier`` on ``branch_out`` is the
-    residual-branch multiplier)."""
-    groups: list[str] = field(default_factory=list)
-    """Module groups (types) searched, group sets allowed; empty: every group of the model.
-    Groups where a kind cannot act (init_std of a norm gain, a kind whose base value is 0)
-    are left out."""
-    groups_per_kind: dict[str, list[str]] = field(default_factory=dict)
-    """Kind -> groups, for kinds that search other groups than ``groups`` (e.g.
-    ``multiplier: [branch_out]``)."""
-    per_layer: bool = True
-    """Also search one factor per layer and kind (the paper's type x depth factorisation)."""
-    log2_radius: float = 2.0
-    """Multipliers are searched within 2^-radius .. 2^radius of the global optimum."""
-    trials: int = 16
-    """Budget: training runs of the base model, re-evaluations inside the search included
-    (the final re-evaluation on ``reeval_seeds`` is not)."""
-    batch: int = 2
-    """Trials in flight at once."""
-    reeval_seeds: list[int] = field(default_factory=lambda: [1, 2])
-    """Fresh seeds on which the recommended point and the global optimum are re-evaluated at
-    the end (the per-module gain at the proxy, with its seed spread)."""
-    seed: int = 0
-    """Seed of the search algorithm."""
-    trrs: TRRSConfig = field(default_factory=TRRSConfig)
-    """Settings of trust-region random search."""
-
-
-@dataclass
-class ArmSpec:
-    """One way of setting the targets' HPs."""
-
-    name: str
-    """Arm name (in tables and plots)."""
-    hps: Literal["global", "spec"] = "global"
-    """``global``: the selected global optimum; ``spec``: the spec's ``hps`` as written."""
-    multipliers: Literal["none", "search"] = "none"
-    """``search``: the per-module search's best multipliers; ``none``: all 1."""
-    parameterisation: Optional[str] = None
-    """Table that transfers this arm's HPs (default: the study's)."""
-
-
-def _default_arms() -> list[ArmSpec]:
-    return [ArmSpec(name="global"), ArmSpec(name="per_module", multipliers="search")]
-
-
-@dataclass
-class TargetsSpec:
-    """Which models the transferred HPs are trained on."""
-
-    models: list[str] = field(default_factory=list)
-    """Model names; empty: every model but the base."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of every (target, arm)."""
-
-
-@dataclass
-class LauncherSpec:
-    """Where runs execute (usually set by the Snakemake profile)."""
-
-    kind: Literal["inline", "local", "slurm"] = "local"
-    """``inline``: one after another in the stage's process; ``local``: a process pool;
-    ``slurm``: one SLURM job per run (job arrays through submitit)."""
-    workers: int = 0
-    """Runs in parallel (local); 0: one per CPU core."""
-    threads_per_run: int = 0
-    """torch threads per run; 0: CPU cores / workers."""
-    retry_failed: bool = False
-    """Train runs recorded as failed again (e.g. after fixing what made them crash)."""
-    slurm: SlurmSpec = field(default_factory=SlurmSpec)
-    """Job resources when kind is ``slurm``."""
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-stage SLURM resources merged over ``slurm``: stage (sweep, search, target) ->
-    keys of ``slurm`` (``{target: {gpus_per_node: 8, nodes: 2}}``)."""
-
-    def slurm_for(self, stage: str) -> SlurmSpec:
-        """The SLURM resources of ``stage``'s jobs: ``slurm`` with the stage's overrides."""
-        changes = self.stages.get(stage) or {}
-        if not changes:
-            return self.slurm
-        problems: list[Problem] = []
-        merged = coerce({**dataclasses.asdict(self.slurm), **changes}, SlurmSpec,
-                        f"launcher.stages.{stage}", problems)
-        if problems:
-            raise SpecError("<launcher>", problems)
-        return SlurmSpec(**merged)
+from .config import ParamConfig, RunConfig, RunSettings
+from .resources import LauncherSpec, SlurmSpec
+from .scaling import TABLES, Scale
+from .schema import Problem, Problems, SpecError, coerce, deprecated, suggest
+from .stages import TRAINING
+from .stages.check import CheckSpec
+from .stages.search import SearchSpec
+from .stages.select import SelectSpec
+from .stages.sweep import SweepBlock, SweepSpec
+from .stages.transfer import ArmSpec, TargetsSpec, check_arms, default_arms
+from .study import Study, write_text
 
 
 @dataclass
@@ -232,40 +48,35 @@ class TrackingSpec:
     experiment: Optional[str] = None
     """Experiment name (default: the study name)."""
 
+    def check(self, at: str, problems: Problems) -> None:
+        """A URI MLflow can open (it is only contacted when a stage runs)."""
+        if self.uri is not None and self.uri != "databricks" and not re.match(
+                r"^[A-Za-z][A-Za-z0-9+.-]*:", self.uri):
+            problems(f"{at}.uri", f"{self.uri!r} is not a tracking URI",
+                     "a URI such as http://host:5000 or sqlite:///path/mlflow.db; unset: the "
+                     "embedded store in the study folder")
+        if self.experiment is not None and not self.experiment.strip():
+            problems(f"{at}.experiment", "empty experiment name",
+                     "a name, or unset for the study name")
 
-@dataclass
-class Spec:
+
+@dataclass(kw_only=True)
+class Spec(RunSettings):
     """A scaling study."""
 
     name: str = ""
     """Study name (default: the spec file's stem); names the results folder."""
     description: str = ""
     """Free text shown in reports."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """Training data."""
-    arch: ArchConfig = field(default_factory=ArchConfig)
-    """Architecture shared by every model of the study."""
-    models: dict[str, ModelSpec] = field(default_factory=dict)
-    """Named models (at least the base, usually ``proxy`` and ``target``)."""
+    models: dict[str, Scale] = field(default_factory=dict)
+    """Named models (at least the base, usually ``proxy`` and ``target``), each a point on
+    the transfer axes."""
     base: str = "proxy"
-    """The model at whose scale ``hps`` and ``multipliers`` are given (and tuned)."""
-    parameterisation: ParamConfig = field(default_factory=ParamConfig)
-    """The rule table that transfers HPs from the base to other scales."""
-    tables: dict[str, TableSpec] = field(default_factory=dict)
+    """The model at whose scale ``hps`` and ``factors`` are given (and tuned)."""
+    tables: dict[str, ParamConfig] = field(default_factory=dict)
     """More named tables (for side-by-side sweeps, arms and ablations): name -> {base,
-    alpha, rules}. Usable wherever a parameterisation name is."""
-    hps: HPs = field(default_factory=HPs)
-    """Base HPs at the base model's scale."""
-    multipliers: Multipliers = field(default_factory=Multipliers)
-    """Per-module multipliers (type x depth) on top of the base HPs."""
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """Learning-rate schedule (fractions of the run)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Evaluation, precision, divergence detection."""
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    """Device, compile, checkpoint cadence (not part of run ids)."""
-    seed: int = 0
-    """Seed of initialisation and data order."""
+    alpha, rules} (``base`` defaults to completed_p; the key is the table's name). Usable
+    wherever a parameterisation name is."""
     check: CheckSpec = field(default_factory=CheckSpec)
     """Stage 1: the coordinate check guard."""
     sweeps: SweepSpec = field(default_factory=SweepSpec)
@@ -275,16 +86,33 @@ class Spec:
     search: SearchSpec = field(default_factory=SearchSpec)
     """Stage 4: per-module search at the base model."""
     targets: TargetsSpec = field(default_factory=TargetsSpec)
-    """Stage 5-6: models the HPs are transferred to and trained at."""
-    arms: list[ArmSpec] = field(default_factory=_default_arms)
-    """Stage 5-6: the HP sets compared at each target."""
+    """Stages 5-6: models the HPs are transferred to and trained at."""
+    arms: list[ArmSpec] = field(default_factory=default_arms)
+    """Stages 5-6: the HP sets compared at each target."""
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
     """Where runs execute."""
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     """Where stages and runs are logged (MLflow)."""
 
+    # -- what the stages ask of a spec --------------------------------------------------------
     def target_models(self) -> list[str]:
         return self.targets.models or [m for m in self.models if m != self.base]
+
+    def table_names(self) -> list[str]:
+        """Every parameterisation name a spec key may use."""
+        return list(dict.fromkeys([*TABLES, *self.tables, self.parameterisation.name]))
+
+    def table_config(self, name: Optional[str]) -> ParamConfig:
+        """The study's parameterisation, a table of ``tables``, or a built-in table by name
+        (without the study's overrides, which were written for the study's table)."""
+        if name is None or name == self.parameterisation.name:
+            return self.parameterisation
+        if name in self.tables:
+            t = self.tables[name]
+            return ParamConfig(name=name, alpha=t.alpha, base=t.base or "completed_p",
+                               rules={g: {k: dict(a) for k, a in ks.items()}
+                                      for g, ks in t.rules.items()})
+        return ParamConfig(name=name)
 
     def run_config(self, model: str, **changes: Any) -> RunConfig:
         """The RunConfig of model ``model`` with this spec's HPs transferred from the base.
@@ -292,14 +120,52 @@ class Spec:
         if model not in self.models:
             raise KeyError(f"no model {model!r} in spec {self.name!r}; models: "
                            f"{', '.join(self.models)}")
-        cfg = RunConfig(
-            scale=self.models[model].scale(),
-            base_scale=self.models[self.base].scale(),
-            arch=self.arch, parameterisation=self.parameterisation, hps=self.hps,
-            multipliers=self.multipliers, schedule=self.schedule, data=self.data,
-            train=self.train, seed=self.seed, runtime=self.runtime,
-        )
-        return dataclasses.replace(cfg, **changes)
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}
+        return RunConfig(**{**shared, "scale": self.models[model],
+                            "base_scale": self.models[self.base], **changes})
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_all(self, problems: Problems) -> None:
+        """Every section's checks (the structural pass has run: the types are right)."""
+        self.check_settings(problems)
+        if not self.models:
+            problems("models", "no models defined",
+                     "a mapping of names to {width, depth, batch, tokens, seq_len}")
+        for name, m in self.models.items():
+            m.check(f"models.{name}", problems)
+            if m.width > 0:
+                self.arch.check_width(f"models.{name}.width", m.width, problems)
+        if self.models and self.base not in self.models:
+            problems("base", f"{self.base!r} is not a model of this spec" +
+                     suggest(self.base, self.models), ", ".join(self.models))
+        for name, table in self.tables.items():
+            key = f"tables.{name}"
+            if name in TABLES:
+                problems(key, f"{name!r} is a built-in table; give your table another name")
+                continue
+            if table.name not in ("completed_p", name):
+                problems(f"{key}.name", f"{table.name!r}: a table is named by its key "
+                         f"({name!r})", f"leave name out, or {name!r}")
+            self.table_config(name).check(key, problems)
+        self.check.check("check", problems)
+        self.sweeps.check("sweeps", self, problems)
+        self.search.check("search", problems)
+        if self.base in self.models:
+            self.targets.check("targets", self, problems)
+        check_arms("arms", self.arms, self, problems)
+        self.launcher.check("launcher", problems, TRAINING)
+        self.tracking.check("tracking", problems)
+
+    def save(self, study: Study) -> None:
+        """Keep the resolved spec (defaults filled in) in the study folder."""
+        from omegaconf import OmegaConf
+
+        text = OmegaConf.to_yaml(OmegaConf.structured(self))
+        data = yaml.safe_load(text)
+        first = ("name", "description", "models", "base")  # the study's headline first
+        ordered = {**{k: data[k] for k in first}, **{k: v for k, v in data.items()
+                                                     if k not in first}}
+        write_text(study.spec_file, yaml.safe_dump(ordered, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,46 +193,100 @@ def _read_yaml(path: Path) -> dict:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore
+        # OmegaConf types to_container as any container; a DictConfig's is a dict.
+        cfg = OmegaConf.create(raw)
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
         raise SpecError(str(path), [Problem(str(key), f"cannot resolve: {e.msg}")]) from None
 
 
-def validate(raw: dict, file: str = "<spec>", schema: type = Spec) -> dict:
-    """Check a raw spec mapping; return it normalised, or raise SpecError with every problem."""
-    problems: list[Problem] = []
-    normalised = coerce(raw, schema, "", problems)
-    if not problems:
-        semantic_checks(normalised, problems)
-    if problems:
-        raise SpecError(file, problems)
-    return normalised
+def _upgrade_rules(raw: dict) -> dict:
+    """Rule overrides written with the duration axis's old name (``horizon``) read as
+    ``tokens``."""
+    def upgrade(at: str, rules: Any) -> Any:
+        if not isinstance(rules, dict):
+            return rules
+        out: dict = {}
+        for g, kinds in rules.items():
+            if not isinstance(kinds, dict):
+                out[g] = kinds
+                continue
+            out[g] = {}
+            for k, axes in kinds.items():
+                if isinstance(axes, dict) and "horizon" in axes and "tokens" not in axes:
+                    deprecated(f"{at}.{g}.{k}.horizon", f"{at}.{g}.{k}.tokens")
+                    axes = {("tokens" if a == "horizon" else a): v for a, v in axes.items()}
+                out[g][k] = axes
+        return out
+
+    raw = dict(raw)
+    if isinstance(raw.get("parameterisation"), dict) and "rules" in raw["parameterisation"]:
+        p = dict(raw["parameterisation"])
+        p["rules"] = upgrade("parameterisation.rules", p["rules"])
+        raw["parameterisation"] = p
+    if isinstance(raw.get("tables"), dict):
+        raw["tables"] = {name: ({**t, "rules": upgrade(f"tables.{name}.rules", t["rules"])}
+                                if isinstance(t, dict) and "rules" in t else t)
+                         for name, t in raw["tables"].items()}
+    return raw
+
+
+def _typed(normalised: dict) -> Spec:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Spec), normalised))  # type: ignore[return-value]
 
 
 def build_spec(raw: dict, file: str = "<spec>") -> Spec:
-    """A typed Spec from a raw mapping (validated first)."""
-    from omegaconf import OmegaConf
-
-    normalised = validate(raw, file)
-    spec: Spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Spec), normalised))
+    """A typed, checked Spec from a raw mapping; SpecError with every problem otherwise."""
+    problems = Problems()
+    normalised = coerce(_upgrade_rules(raw), Spec, "", problems)
+    if problems:
+        raise SpecError(file, problems.items)
+    spec = _typed(normalised)
     if not spec.name:
         spec.name = Path(file).stem
+    spec.check_all(problems)
+    if problems:
+        raise SpecError(file, problems.items)
     return spec
 
 
+def validate(raw: dict, file: str = "<spec>") -> Spec:
+    """Check a raw spec mapping (`build_spec` under the name that says what it is for)."""
+    return build_spec(raw, file)
+
+
 def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> Spec:
-    """Load and validate a spec file. ``overrides`` are dotlist entries (``hps.lr=0.01``)
+    """Load and check a spec file. ``overrides`` are dotlist entries (``hps.lr=0.01``)
     applied on top, as on a command line."""
     path = Path(path)
     raw = _read_yaml(path)
     if overrides:
         from omegaconf import OmegaConf
 
-        raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw),
-                                                     OmegaConf.from_dotlist(overrides)))
+        merged = OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(overrides))
+        # OmegaConf types to_container as any container; a DictConfig's is a dict.
+        raw = OmegaConf.to_container(merged)  # type: ignore[assignment]
     return build_spec(raw, str(path))
 
 
-__all__ = ["ModelSpec", "Problem", "SlurmSpec", "Spec", "SpecError", "build_spec", "load_spec",
-           "validate"]
+def read_study_spec(study: Study) -> Spec:
+    """The study's resolved spec (``spec.yaml``, written by every stage), without the checks
+    that need the original machine (the corpus file may not exist where the folder is read).
+    Keys renamed since the study ran are read under their new names."""
+    if not study.spec_file.exists():
+        raise FileNotFoundError(f"{study.spec_file} not found: is {study.root} a study folder "
+                                "(results/<study>)?")
+    raw = yaml.safe_load(study.spec_file.read_text()) or {}
+    problems = Problems()
+    normalised = coerce(_upgrade_rules(raw), Spec, "", problems)
+    if problems:
+        raise SpecError(str(study.spec_file), problems.items)
+    return _typed(normalised)
+
+
+__all__ = ["ArmSpec", "CheckSpec", "LauncherSpec", "Problem", "SearchSpec", "SelectSpec",
+           "SlurmSpec", "Spec", "SpecError", "SweepBlock", "SweepSpec", "TargetsSpec",
+           "TrackingSpec", "build_spec", "load_spec", "read_study_spec", "validate"]

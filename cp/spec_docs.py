@@ -1,6 +1,7 @@
 """The spec reference (docs/spec.md), generated from the schema's dataclasses: every key, its
-type, its default and the docstring written under its field. ``cpt spec docs`` prints it; a
-test keeps the committed file in step with the code."""
+type, its default and the docstring written under its field, and the keys renamed since (still
+read, with a note). ``cpt spec docs`` prints it; a test keeps the committed file in step with
+the code."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import textwrap
 import typing
 from typing import Any
 
+from .schema import type_name
 from .spec import Spec
-from .validate import type_name
+
+#: Top-level keys listed first (the study's headline), the others in schema order.
+HEADLINE = ("name", "description", "models", "base")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -23,7 +27,9 @@ def field_docs(cls: type) -> dict[str, str]:
         if not dataclasses.is_dataclass(klass):
             continue
         tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body  # type: ignore[attr-defined]
+        cls_def = tree.body[0]
+        assert isinstance(cls_def, ast.ClassDef)  # the source of a class is its definition
+        body = cls_def.body
         for node, nxt in itertools.pairwise(body):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                     and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
@@ -61,8 +67,9 @@ def _section_type(tp: Any) -> Any:
 def reference() -> str:
     """The spec reference in Markdown."""
     out = ["# Spec reference", "",
-           "Generated from the schema in `cp/spec.py` (and the configs it embeds) by "
-           "`cpt spec docs`; a test keeps this file in step with the code.", "",
+           "Generated from the schema in `cp/spec.py` (and the sections it composes, each "
+           "defined beside the code it configures) by `cpt spec docs`; a test keeps this file "
+           "in step with the code.", "",
            "A spec is a YAML mapping. Unknown keys, wrong types and out-of-range values are "
            "reported before any work, each with its key path and what is allowed. "
            "`${other.key}` interpolations are resolved; numbers may be written `2_000_000` "
@@ -79,7 +86,11 @@ def reference() -> str:
         title = f"`{path}`" if path else "Top level"
         out += [f"## {title}", "", " ".join((cls.__doc__ or "").split()), "",
                 "| key | type | default | meaning |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
+        fields = list(dataclasses.fields(cls))
+        if not path:
+            fields.sort(key=lambda f: HEADLINE.index(f.name) if f.name in HEADLINE
+                        else len(HEADLINE))
+        for f in fields:
             tp = hints[f.name]
             sub = _section_type(tp)
             shown = "section" if dataclasses.is_dataclass(tp) else type_name(tp)
@@ -94,5 +105,9 @@ def reference() -> str:
                 suffix = "" if dataclasses.is_dataclass(tp) else (
                     ".<name>" if typing.get_origin(tp) is dict else "[i]")
                 queue.append((key + suffix, sub))
+        renamed = getattr(cls, "RENAMED", {})
+        if renamed:
+            out += ["", "Renamed (the old key is still read, with a note): " + ", ".join(
+                f"`{old}` -> `{new}`" for old, new in renamed.items()) + "."]
         out.append("")
     return "\n".join(out)

@@ -19,19 +19,19 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .config import CONFIG_FILE, RESULT_FILE, RunConfig, RunResult, write_json_atomic
+from .config import RunConfig, RunResult, Status
 from .data import TokenData
 from .distributed import rank_and_world
 from .model import GPT
 from .optim import build_optimizer
+from .study import RunFolder, write_json
 
-CHECKPOINT_FILE = "checkpoint.pt"
 LogFn = Callable[[dict[str, Any]], None]
 
 
@@ -74,7 +74,7 @@ class _Divergence:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: TokenData, cfg: RunConfig, device: torch.device,
-             autocast) -> float:
+             autocast: Callable[[], Any]) -> float:
     """Mean cross-entropy over the fixed validation sequences."""
     model.eval()
     total, count = 0.0, 0
@@ -89,7 +89,8 @@ def evaluate(model: torch.nn.Module, data: TokenData, cfg: RunConfig, device: to
     return total / count
 
 
-def _save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
+def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                 "sched": sched.state_dict(), "state": state}, tmp)
@@ -107,7 +108,7 @@ def _agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
+def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
           stop_after: Optional[int] = None, log: Optional[LogFn] = None,
           should_stop: Optional[Callable[[], bool]] = None) -> RunResult:
     """Train one run. With ``out_dir`` the run writes its config, checkpoints and result
@@ -121,22 +122,23 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
     if rt.threads:
         torch.set_num_threads(rt.threads)
     device = pick_device(rt.device)
-    run_id = cfg.run_id()
+    settings = cfg.settings()  # resolved once: the run id and the model both take them
+    resolved = cfg.resolved(settings)
+    run_id = cfg.run_id(settings)
     rank, world = rank_and_world()
     if cfg.scale.batch < world:
         raise ValueError(f"a global batch of {cfg.scale.batch} sequences cannot be split over "
                          f"{world} data-parallel ranks; use at most {cfg.scale.batch} "
                          "processes (launcher.slurm.tasks_per_node x nodes)")
     writer = rank == 0  # the other ranks train and read, never write
-    out = Path(out_dir) if out_dir is not None else None
+    out = (out_dir if isinstance(out_dir, RunFolder) else RunFolder(Path(out_dir))
+           ) if out_dir is not None else None
     if out is not None and writer:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / CONFIG_FILE, {"run_id": run_id, "config": cfg.to_dict(),
-                                              "resolved": cfg.resolved()})
-    ckpt_path = out / CHECKPOINT_FILE if out is not None else None
+        write_json(out.config, {"run_id": run_id, "config": cfg.to_dict(),
+                                "resolved": resolved})
+    ckpt_path = out.checkpoint if out is not None else None
 
     data = TokenData(cfg.data)
-    settings = cfg.settings()
     total_steps = cfg.scale.steps
     if total_steps < 1:
         raise ValueError(f"{cfg.scale.tokens} tokens make no step of {cfg.scale.batch} x "
@@ -157,7 +159,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
         if log:
             log({"event": "resumed", "step": state["step"], "total_steps": total_steps})
 
-    fwd: torch.nn.Module = model
+    fwd: Callable[..., Any] = model
     rows: Optional[slice] = None
     n_rows = cfg.scale.batch
     if world > 1:
@@ -173,7 +175,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
     loss_scale = n_rows * world / cfg.scale.batch
     use_bf16 = cfg.train.precision == "bf16"
 
-    def autocast():
+    def autocast() -> AbstractContextManager[Any]:
         if use_bf16:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
@@ -271,7 +273,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
             break
 
     stop_train_clock()
-    status = "diverged" if reason else ("completed" if step >= total_steps else "stopped")
+    status: Status = "diverged" if reason else ("completed" if step >= total_steps else "stopped")
     final_val = state["eval_curve"][-1]["val_loss"] if state["eval_curve"] else math.nan
     if status != "completed":
         final_val = math.nan if status == "diverged" else final_val
@@ -283,10 +285,10 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str] = None, *,
         tokens_per_s=step * tokens_per_step / state["train_time"] if state["train_time"] else 0.0,
         wall_s=wall_before + time.perf_counter() - t_start, n_params=n_params,
     )
-    if out is not None and writer:
+    if out is not None and ckpt_path is not None and writer:
         if status == "completed" and rt.keep_checkpoint:
             _save_checkpoint(ckpt_path, model, opt, sched, {**state, "step": step, "pending": []})
         elif status in ("completed", "diverged") and ckpt_path.exists():
             ckpt_path.unlink()
-        write_json_atomic(out / RESULT_FILE, result.to_dict())
+        out.write_result(result)
     return result

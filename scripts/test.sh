@@ -8,4 +8,5 @@ scripts/setup.sh
 . .venv/bin/activate
 python -m pip install -q -e ".[dev]"
 ruff check cp tests benchmarks
+mypy
 python -m pytest "$@"

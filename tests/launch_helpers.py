@@ -2,16 +2,16 @@
 launcher's spawned worker processes can import them."""
 
 import os
-from pathlib import Path
 
 from cp.config import RunConfig, RunResult
-from cp.launch import execute, log_event
+from cp.execute import execute, log_event
+from cp.study import RunFolder
 
 CRASH_LR = 0.0123   # a run with this lr raises before training
 DIE_LR = 0.0456     # a run with this lr kills its worker process
 
 
-def crashing(cfg: RunConfig, run_dir: Path, threads: int = 0) -> RunResult:
+def crashing(cfg: RunConfig, run_dir: RunFolder, threads: int = 0) -> RunResult:
     if cfg.hps.lr == CRASH_LR:
         raise RuntimeError("injected crash")
     if cfg.hps.lr == DIE_LR:  # like an out-of-memory kill in the middle of training
@@ -20,5 +20,5 @@ def crashing(cfg: RunConfig, run_dir: Path, threads: int = 0) -> RunResult:
     return execute(cfg, run_dir, threads)
 
 
-def dies_before_starting(cfg: RunConfig, run_dir: Path, threads: int = 0) -> RunResult:
+def dies_before_starting(cfg: RunConfig, run_dir: RunFolder, threads: int = 0) -> RunResult:
     os._exit(4)

@@ -13,6 +13,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).parent.parent
+SMOKE = REPO / "specs" / "smoke.yaml"
+
+
+def smoke_spec(**changes):
+    """specs/smoke.yaml with ``changes`` (``sweeps__grid={...}`` sets sweeps.grid), run inline
+    in the test's process."""
+    import json
+
+    import yaml
+
+    from cp.spec import build_spec
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw = json.loads(json.dumps(raw))
+    for dotted, value in changes.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+    raw["launcher"] = {"kind": "inline"}
+    return build_spec(raw)
+
+
+def quiet(_: str) -> None:
+    pass
 
 
 def free_port() -> int:

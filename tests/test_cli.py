@@ -70,6 +70,7 @@ arch: {head_dim: 16}
 models:
   proxy: {width: 32, depth: 1, batch: 4, tokens: 4096, seq_len: 32}
 train: {evals: 2, eval_sequences: 8}
+tracking: {enabled: false}
 """)
     return path
 
@@ -84,9 +85,16 @@ def test_train_writes_a_result_and_skips_a_finished_run(tiny_spec, tmp_path, cap
     assert "already has a result" in capsys.readouterr().out
 
 
-def test_coord_check_exit_code_reflects_the_verdict(tiny_spec, tmp_path):
+def test_coord_check_is_the_check_stage_and_its_exit_code_reflects_the_verdict(tiny_spec,
+                                                                                tmp_path):
+    from cp.study import Study
+
     common = ["--results", str(tmp_path), "--steps", "3"]
     assert main(["coord-check", str(tiny_spec), "--set", "hps.lr=0.01", *common]) == 0
+    study = Study(tmp_path / "tiny")
+    assert json.loads(study.check_verdict.read_text())["status"] == "pass"
+    assert json.loads(study.stage_record("check").read_text())["status"] == "done"
     assert main(["coord-check", str(tiny_spec), "--set", "parameterisation.name=sp",
                  "--set", "hps.lr=0.01", *common]) == 1
-    assert (tmp_path / "tiny" / "coord" / "coord_check.png").exists()
+    assert study.check_plot.exists()
+    assert json.loads(study.stage_record("check").read_text())["status"] == "failed"

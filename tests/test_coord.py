@@ -26,7 +26,7 @@ def results(demo_proxy):
 def test_the_check_spans_at_least_4_widths_and_4_depths_over_8x(results):
     rows = results["completed_p"].rows
     for axis in ("width", "depth"):
-        mults = sorted({r["mult"] for r in rows if r["axis"] == axis})
+        mults = sorted({r["ratio"] for r in rows if r["axis"] == axis})
         assert len(mults) >= 4 and mults[-1] / mults[0] >= 8
 
 
@@ -49,6 +49,8 @@ def test_completed_p_slopes_are_flat_on_every_judged_coordinate(results):
 
 
 def test_outputs_are_a_table_and_a_png(results, tmp_path):
-    paths = write_outputs(results["sp"], tmp_path)
+    paths = {"measurements": tmp_path / "m.csv", "fits": tmp_path / "f.csv",
+             "plot": tmp_path / "p.png"}
+    write_outputs(results["sp"], paths["measurements"], paths["fits"], paths["plot"])
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "slope" in paths["fits"].read_text().splitlines()[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cp.distributed import train_local
+from cp.execute import train_local
 from cp.spec import load_spec
 from cp.train import train
 from tests.conftest import TINY

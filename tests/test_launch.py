@@ -1,16 +1,14 @@
 """The launcher: finished runs are never trained again, a crash is a recorded result, the batch
 goes on."""
 
-import dataclasses
 import json
 
 import pytest
 
-from cp.config import load_result
-from cp.launch import EVENTS_FILE, launch
-from cp.plan import PlannedRun
+from cp.config import PlannedRun
+from cp.launch import launch
+from cp.resources import LauncherSpec
 from cp.scaling import HPs
-from cp.spec import LauncherSpec
 from cp.study import Study
 from tests.launch_helpers import CRASH_LR, DIE_LR, crashing
 
@@ -20,7 +18,7 @@ def planned(tiny, lr, **tags):
 
 
 def events(study, run_id):
-    path = study.run_dir(run_id) / EVENTS_FILE
+    path = study.run(run_id).events
     return [json.loads(line)["event"] for line in path.read_text().splitlines()]
 
 
@@ -49,7 +47,7 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_rest_complete(tiny, tmp_pa
     crashed, fine = results[runs[0].run_id], results[runs[1].run_id]
     assert crashed.status == "failed" and "injected crash" in crashed.reason
     assert fine.ok
-    assert load_result(study.run_dir(runs[0].run_id)).status == "failed"  # on disk
+    assert study.run(runs[0].run_id).load_result().status == "failed"  # on disk
 
 
 def test_a_dying_worker_is_retried_once_then_recorded(tiny, tmp_path):
@@ -69,7 +67,7 @@ def test_retry_failed_trains_failed_runs_again(tiny, tmp_path):
     run = planned(tiny, 0.01)
     launch([run], study, LauncherSpec(kind="inline"), "t", echo=lambda m: None,
            fn=lambda cfg, d, t: (_ for _ in ()).throw(OSError("disk full")))
-    assert load_result(study.run_dir(run.run_id)).status == "failed"
+    assert study.run(run.run_id).load_result().status == "failed"
     kept = launch([run], study, LauncherSpec(kind="inline"), "t", echo=lambda m: None)
     assert kept[run.run_id].status == "failed"          # a failure is a result ...
     retried = launch([run], study, LauncherSpec(kind="inline", retry_failed=True), "t",
@@ -88,13 +86,13 @@ def test_progress_lines_count_runs_and_give_an_eta(tiny, tmp_path):
 
 def test_a_runs_progress_says_what_it_is(tiny, tmp_path):
     lines = []
-    run = dataclasses.replace(planned(tiny, 0.01), tags={"axis": "width", "axis_value": 64})
+    run = PlannedRun(planned(tiny, 0.01).config, {"axis": "width", "axis_value": 64})
     launch([run], Study(tmp_path), LauncherSpec(kind="inline"), "sweep", echo=lines.append)
     assert "axis=width axis_value=64" in lines[-1]
 
 
 def test_workers_dying_before_any_run_starts_is_an_error_not_a_failed_run(tiny, tmp_path):
-    from cp.launch import LaunchError
+    from cp.execute import LaunchError
     from tests.launch_helpers import dies_before_starting
 
     study = Study(tmp_path)
@@ -102,4 +100,4 @@ def test_workers_dying_before_any_run_starts_is_an_error_not_a_failed_run(tiny, 
     with pytest.raises(LaunchError, match="__main__"):
         launch(runs, study, LauncherSpec(kind="local", workers=2), "t", echo=lambda m: None,
                fn=dies_before_starting)
-    assert all(load_result(study.run_dir(r.run_id)) is None for r in runs)  # nothing cached
+    assert all(study.run(r.run_id).load_result() is None for r in runs)  # nothing cached

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cp.launch import EVENTS_FILE
+from cp.study import RunFolder
 
 REPO = Path(__file__).parent.parent
 
@@ -34,7 +34,7 @@ def snakemake(workdir, *extra, **kw):
 
 
 def events(run_dir):
-    return [json.loads(x)["event"] for x in (run_dir / EVENTS_FILE).read_text().splitlines()]
+    return [json.loads(x)["event"] for x in RunFolder(run_dir).events.read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -81,3 +81,18 @@ def test_smoke_study_survives_a_kill_mid_sweep(workdir):
     assert sweep["status"].to_list().count("completed") == len(sweep)
     report = (study / "report" / "report.md").read_text()
     assert "## Transfer sweeps" in report and "## Targets" in report and "speedup" in report
+
+
+def test_plan_counts_runs_and_tokens_per_stage():
+    from cp.pipeline import plan
+    from cp.stages.sweep import sweep_runs
+    from tests.study_helpers import smoke_spec
+
+    spec = smoke_spec()
+    stages = {p.stage: p for p in plan(spec)}
+    assert list(stages) == ["check", "sweep", "select", "search", "transfer", "target",
+                            "report"]
+    assert stages["sweep"].runs == len({r.run_id for r in sweep_runs(spec)})
+    assert stages["search"].runs == spec.search.trials + 2 * len(spec.search.reeval_seeds)
+    target = spec.models["target"]
+    assert stages["target"].tokens == len(spec.arms) * target.tokens

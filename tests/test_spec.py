@@ -74,8 +74,8 @@ def set_key(raw, dotted, value):
      ["parameterisation.rules.hidden.lr.depth", "not an arithmetic expression"]),
     ("parameterisation.rules", {"hidden": {"lr": {"depth": "beta"}}},
      ["only numbers, 'alpha'"]),
-    ("multipliers.per_layer", {"lr": []}, ["multipliers.per_layer.lr", "empty list"]),
-    ("multipliers.per_type", {"lr": {"attn_q": -2}}, ["multipliers.per_type.lr.attn_q",
+    ("factors.per_layer", {"lr": []}, ["factors.per_layer.lr", "empty list"]),
+    ("factors.per_type", {"lr": {"attn_q": -2}}, ["factors.per_type.lr.attn_q",
                                                       "out of range"]),
     ("schedule.warmup", 1.5, ["schedule.warmup", "0 <= warmup < 1"]),
     ("data.corpus", "nothing.bin", ["data.corpus", "neither a bundled corpus"]),
@@ -91,7 +91,7 @@ def set_key(raw, dotted, value):
                                                    "unknown HP kind"]),
     ("sweeps.grid", {"qk_norms.eps": [0.0]}, ["sweeps.grid.qk_norms.eps[0]", "out of range"]),
     ("search.trials", -5, ["search.trials", "-5 is out of range", "an integer >= 1"]),
-    ("search.batch", 0, ["search.batch", "out of range"]),
+    ("search.parallel", 0, ["search.parallel", "out of range"]),
     ("search.algorithm", "bayes", ["search.algorithm", "'bayes' is not allowed"]),
     ("models.target.width", 16, ["models.target.width", "smaller than the base's 32",
                                  "must not shrink"]),
@@ -131,7 +131,8 @@ def test_spec_tables_can_be_swept_and_used_by_arms(demo):
     raw["sweeps"] = {"grid": {"lr": [0.01]}, "parameterisations": ["cdp_wd_depth"]}
     raw["arms"] = [{"name": "ablation", "parameterisation": "cdp_wd_depth"}]
     spec = build_spec(raw)
-    from cp.plan import arm_run, sweep_runs
+    from cp.stages.sweep import sweep_runs
+    from cp.stages.transfer import arm_run
 
     assert {r.tags["parameterisation"] for r in sweep_runs(spec)} == {"completed_p",
                                                                       "cdp_wd_depth"}
@@ -184,3 +185,25 @@ def test_spec_overrides_of_the_rule_table_reach_the_run(demo):
     plain = {(s.group, s.layer): s for s in build_spec(demo).run_config("target").settings()}
     m_n = spec.models["target"].width / spec.models["proxy"].width
     assert target["embedding", None].lr == pytest.approx(plain["embedding", None].lr / m_n)
+
+
+def test_a_renamed_key_is_read_under_its_new_name_with_a_note(demo, capsys, monkeypatch):
+    from cp import schema
+
+    monkeypatch.setattr(schema, "_NOTED", set())  # notes are said once per process
+    raw = set_key(demo, "search.parallel", None)
+    del raw["search"]["parallel"]
+    raw["search"]["batch"] = 3
+    raw["arms"] = [{"name": "global"}, {"name": "pm", "multipliers": "search"}]
+    raw["parameterisation"] = {"name": "completed_p", "rules": {"all": {"lr": {"horizon": -0.3}}}}
+    spec = build_spec(raw)
+    assert spec.search.parallel == 3 and spec.arms[1].factors == "search"
+    assert spec.parameterisation.rules["all"]["lr"] == {"tokens": -0.3}
+    err = capsys.readouterr().err
+    for old, new in (("search.batch", "search.parallel"), ("arms[1].multipliers",
+                                                           "arms[1].factors"),
+                     ("parameterisation.rules.all.lr.horizon",
+                      "parameterisation.rules.all.lr.tokens")):
+        assert f"'{old}' is deprecated and read as '{new}'" in err, err
+    raw["search"]["parallel"] = 2
+    assert "both 'batch' and its new name 'parallel'" in problems(raw)

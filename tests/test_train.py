@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from cp.config import RunConfig, load_result
+from cp.config import RunConfig
 from cp.scaling import HPs
-from cp.train import CHECKPOINT_FILE, eval_steps, train
+from cp.study import RunFolder
+from cp.train import eval_steps, train
 
 
 def test_a_short_run_lowers_the_validation_loss(tiny):
@@ -27,14 +28,14 @@ def test_resume_after_a_checkpoint_gives_the_same_losses_as_an_uninterrupted_run
     uninterrupted = train(cfg)
     stopped = train(cfg, tmp_path, stop_after=17)   # a kill between log and eval points
     assert stopped.status == "stopped" and stopped.steps == 17
-    assert (tmp_path / CHECKPOINT_FILE).exists()
-    assert load_result(tmp_path) is None            # a stopped run has no result yet
+    assert RunFolder(tmp_path).checkpoint.exists()
+    assert RunFolder(tmp_path).load_result() is None            # a stopped run has no result yet
     resumed = train(cfg, tmp_path)
     assert resumed.status == "completed"
     assert resumed.eval_curve == uninterrupted.eval_curve      # bit-identical on CPU
     assert resumed.train_curve == uninterrupted.train_curve
-    assert not (tmp_path / CHECKPOINT_FILE).exists()           # cleaned up once done
-    assert load_result(tmp_path).final_val_loss == uninterrupted.final_val_loss
+    assert not RunFolder(tmp_path).checkpoint.exists()           # cleaned up once done
+    assert RunFolder(tmp_path).load_result().final_val_loss == uninterrupted.final_val_loss
 
 
 def test_a_nan_run_returns_diverged(tiny):
@@ -88,7 +89,7 @@ def test_bf16_autocast_trains_and_keeps_fp32_master_weights(tiny, tmp_path):
     assert result.status == "completed"
     assert result.eval_curve[-1]["val_loss"] < result.eval_curve[0]["val_loss"] + 0.05
     assert result.final_val_loss < math.log(256) - 0.5
-    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    state = torch.load(RunFolder(tmp_path).checkpoint, weights_only=False)
     assert all(v.dtype == torch.float32 for v in state["model"].values())
     assert bf16_differs_from_fp32(cfg, result)
 

@@ -4,13 +4,17 @@ Pure Python (no torch), so the CLI and the pipeline can plan and describe runs c
 """
 
 from .resolve import (
+    Factors,
+    Flag,
     GroupSettings,
     HPs,
-    Multipliers,
     Scale,
+    check_group,
+    check_hp_value,
+    check_kind,
     layer_factors,
     resolve,
-    scale_multipliers,
+    scale_ratios,
     settings_index,
     split_hp_key,
 )
@@ -21,17 +25,20 @@ from .rules import (
     GROUP_SETS,
     GROUPS,
     HP_KINDS,
+    RULE_AXES,
     Rule,
     RuleTable,
     eval_exponent,
     expand_groups,
+    hp_value_allowed,
 )
 from .tables import ALPHA_TABLES, TABLES
 
 __all__ = [
     "ALPHA_TABLES", "AXES", "BLOCK_GROUPS", "GAIN_GROUPS", "GROUPS", "GROUP_SETS", "HP_KINDS",
-    "TABLES", "GroupSettings", "HPs", "Multipliers", "Rule", "RuleTable", "Scale", "build_table",
-    "eval_exponent", "expand_groups", "layer_factors", "resolve", "scale_multipliers",
+    "RULE_AXES", "TABLES", "Factors", "Flag", "GroupSettings", "HPs", "Rule", "RuleTable",
+    "Scale", "build_table", "check_group", "check_hp_value", "check_kind", "eval_exponent",
+    "expand_groups", "hp_value_allowed", "layer_factors", "resolve", "scale_ratios",
     "settings_index", "split_hp_key",
 ]
 

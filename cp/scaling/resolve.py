@@ -1,19 +1,39 @@
 """From a rule table, a base scale and base HPs to the settings of every (group, layer).
 
     value(group, layer, kind) = base_hps[group, kind]
-                                * per_type[kind][group] * per_layer[kind][layer]   (tuned)
+                                * per_type[kind][group] * per_layer[kind][layer]   (tuned factors)
                                 * table.rule(group, kind).factor(m_N, m_L, m_B, m_D)  (transfer)
 
 For beta1/beta2 the product acts on (1 - beta). This is the only place where HPs are scaled.
+
+The spec sections defined here (`Scale` for ``models``, `HPs`, `Factors`) check themselves;
+their ``check`` methods report through a callable ``flag(key, message, allowed)``, since this
+package imports nothing outside itself.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .rules import BLOCK_GROUPS, GAIN_GROUPS, GROUPS, HP_KINDS, RuleTable, expand_groups
+from .rules import (
+    BLOCK_GROUPS,
+    GAIN_GROUPS,
+    GROUP_SETS,
+    GROUPS,
+    HP_KINDS,
+    RuleTable,
+    expand_groups,
+    hp_value_allowed,
+)
+
+Flag = Callable[..., None]
+"""Reports one spec problem: ``flag(key, message, allowed="")``."""
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass(frozen=True)
@@ -21,18 +41,19 @@ class Scale:
     """Where a model sits on the four transfer axes (plus its sequence length)."""
 
     width: int
-    """Model width d_model."""
+    """Model width d_model (a multiple of arch.head_dim)."""
     depth: int
     """Number of transformer blocks."""
     batch: int
-    """Sequences per optimiser step (the global batch)."""
+    """The batch: sequences per optimiser step (global, over all data-parallel ranks)."""
     tokens: int
-    """Training horizon in tokens."""
-    seq_len: int
+    """Training tokens (the horizon); steps = tokens / (batch * seq_len)."""
+    seq_len: int = 128
     """Tokens per sequence."""
 
     @property
     def tokens_per_step(self) -> int:
+        """The batch in tokens."""
         return self.batch * self.seq_len
 
     @property
@@ -40,15 +61,57 @@ class Scale:
         """Optimiser steps in the run: the horizon over tokens per step, rounded down."""
         return self.tokens // self.tokens_per_step
 
+    def check(self, at: str, flag: Flag) -> None:
+        for k in ("width", "depth", "batch", "tokens", "seq_len"):
+            v = getattr(self, k)
+            if not _positive_int(v):
+                flag(f"{at}.{k}", f"{v!r} is out of range", "a positive integer")
+        if _positive_int(self.tokens) and _positive_int(self.batch) and \
+                _positive_int(self.seq_len) and self.steps < 1:
+            flag(f"{at}.tokens", f"{self.tokens} tokens make no optimiser step of "
+                 f"{self.batch} x {self.seq_len} tokens", f">= batch * seq_len = "
+                 f"{self.tokens_per_step}")
 
-def scale_multipliers(base: Scale, scale: Scale) -> dict[str, float]:
-    """m_N, m_L, m_B (tokens per step) and m_D (horizon) of ``scale`` relative to ``base``."""
+
+def scale_ratios(base: Scale, scale: Scale) -> dict[str, float]:
+    """m_N, m_L, m_B and m_D of ``scale`` relative to ``base``, keyed by axis: the width,
+    depth, batch (compared in tokens: batch x seq_len) and training-token ratios."""
     return {
         "width": scale.width / base.width,
         "depth": scale.depth / base.depth,
         "batch": scale.tokens_per_step / base.tokens_per_step,
-        "horizon": scale.tokens / base.tokens,
+        "tokens": scale.tokens / base.tokens,
     }
+
+
+def check_group(flag: Flag, key: str, name: str) -> bool:
+    """Whether ``name`` is a group or group set; a problem naming the allowed ones if not."""
+    known = [*GROUPS, *GROUP_SETS]
+    if name in known:
+        return True
+    flag(key, f"unknown group {name!r}" + _did_you_mean(name, known), ", ".join(known))
+    return False
+
+
+def check_kind(flag: Flag, key: str, name: str) -> bool:
+    if name in HP_KINDS:
+        return True
+    flag(key, f"unknown HP kind {name!r}" + _did_you_mean(name, HP_KINDS), ", ".join(HP_KINDS))
+    return False
+
+
+def check_hp_value(flag: Flag, key: str, kind: str, value: object) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        allowed = hp_value_allowed(kind, float(value))
+        if allowed:
+            flag(key, f"{value!r} is out of range", allowed)
+
+
+def _did_you_mean(bad: str, allowed: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(bad, list(allowed), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _default_group_hps() -> dict[str, dict[str, float]]:
@@ -77,6 +140,16 @@ class HPs:
     groups: dict[str, dict[str, float]] = field(default_factory=_default_group_hps)
     """Per-group base values that differ from the global ones: group or group set -> kind ->
     value. Default: no weight decay on norm gains."""
+
+    def check(self, at: str, flag: Flag) -> None:
+        for kind in HP_KINDS:
+            check_hp_value(flag, f"{at}.{kind}", kind, getattr(self, kind))
+        for g, kinds in self.groups.items():
+            if not check_group(flag, f"{at}.groups.{g}", g):
+                continue
+            for kind, value in (kinds or {}).items():
+                if check_kind(flag, f"{at}.groups.{g}.{kind}", kind):
+                    check_hp_value(flag, f"{at}.groups.{g}.{kind}", kind, value)
 
     def with_values(self, values: Mapping[str, float]) -> HPs:
         """These HPs with some base values replaced: ``kind`` (``lr``) sets the global value,
@@ -141,15 +214,34 @@ def layer_factors(factors: Sequence[float], depth: int) -> list[float]:
 
 
 @dataclass
-class Multipliers:
-    """Tuned per-module multipliers in the paper's type x depth factorisation:
-    multiplier(group, layer, kind) = per_type[kind][group] * per_layer[kind][layer]."""
+class Factors:
+    """Tuned per-module factors on top of the base HPs, in the paper's type x depth
+    factorisation: factor(group, layer, kind) = per_type[kind][group] * per_layer[kind][layer].
+    The per-module search finds them; all 1 is the global optimum."""
 
     per_type: dict[str, dict[str, float]] = field(default_factory=dict)
     """HP kind -> group (or group set) -> factor. Missing entries are 1."""
     per_layer: dict[str, list[float]] = field(default_factory=dict)
     """HP kind -> factors over relative depth (first to last block), shared by all block
     groups; interpolated (log-linearly) to the model's depth."""
+
+    def check(self, at: str, flag: Flag) -> None:
+        for kind, groups in self.per_type.items():
+            if not check_kind(flag, f"{at}.per_type.{kind}", kind):
+                continue
+            for g, v in (groups or {}).items():
+                key = f"{at}.per_type.{kind}.{g}"
+                if check_group(flag, key, g) and not (math.isfinite(v) and v > 0):
+                    flag(key, f"{v!r} is out of range", "> 0")
+        for kind, factors in self.per_layer.items():
+            key = f"{at}.per_layer.{kind}"
+            if not check_kind(flag, key, kind):
+                continue
+            if not factors:
+                flag(key, "empty list", "one or more factors > 0")
+            for i, v in enumerate(factors):
+                if not (math.isfinite(v) and v > 0):
+                    flag(f"{key}[{i}]", f"{v!r} is out of range", "> 0")
 
     def type_factor(self, kind: str, group: str) -> float:
         f = 1.0
@@ -199,7 +291,7 @@ def resolve(
     base_scale: Scale,
     scale: Scale,
     base_hps: HPs,
-    multipliers: Multipliers | None = None,
+    factors: Factors | None = None,
     groups: Iterable[str] | None = None,
 ) -> list[GroupSettings]:
     """Settings of every (group, layer) of a model at ``scale``.
@@ -207,15 +299,15 @@ def resolve(
     ``groups`` restricts the output to the groups a model has (default: all groups); block
     groups get one entry per layer, in layer order, between the embedding and the head.
     """
-    multipliers = multipliers or Multipliers()
+    factors = factors or Factors()
     wanted = list(GROUPS) if groups is None else [g for g in GROUPS if g in set(groups)]
     unknown = set(groups or ()) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown group(s) {sorted(unknown)}; known: {list(GROUPS)}")
-    mults = scale_multipliers(base_scale, scale)
-    per_layer = {k: multipliers.layer_factors(k, scale.depth) for k in HP_KINDS}
+    ratios = scale_ratios(base_scale, scale)
+    per_layer = {k: factors.layer_factors(k, scale.depth) for k in HP_KINDS}
     # Everything but the per-layer factor is the same for every layer of a group.
-    group_factor = {(g, k): multipliers.type_factor(k, g) * table.factor(g, k, mults)
+    group_factor = {(g, k): factors.type_factor(k, g) * table.factor(g, k, ratios)
                     for g in wanted for k in HP_KINDS}
     base = {(g, k): base_hps.value(g, k) for g in wanted for k in HP_KINDS}
 

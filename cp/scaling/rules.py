@@ -3,11 +3,12 @@
 A parameterisation is data. For every parameter group and every HP kind a `Rule` gives four
 exponents; the HP at a new scale is the base value times
 
-    m_N ** width  *  m_L ** depth  *  m_B ** batch  *  m_D ** horizon
+    m_N ** width  *  m_L ** depth  *  m_B ** batch  *  m_D ** tokens
 
-with m_N, m_L, m_B, m_D the width, depth, batch (tokens per step) and horizon (total tokens)
-multipliers relative to the base scale. The SDE rules are usually written in rho = m_B / m_D:
-``Rule(rho=0.5)`` is shorthand for ``batch=0.5, horizon=-0.5``. Exponents may be numbers or
+with m_N, m_L, m_B, m_D the width, depth, batch and tokens ratios of a model to the base model
+(`cp.scaling.scale_ratios`: m_B compares the batches in tokens, batch x seq_len; m_D the
+training horizons in tokens). The SDE rules are usually written in rho = m_B / m_D:
+``Rule(rho=0.5)`` is shorthand for ``batch=0.5, tokens=-0.5``. Exponents may be numbers or
 expressions in ``alpha``, the residual-branch exponent ("alpha - 1", "-alpha").
 """
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import InitVar, dataclass, replace
 from typing import Literal, Union
 
@@ -29,7 +31,7 @@ BLOCK_GROUPS = ATTN_GROUPS + MLP_GROUPS
 GROUPS = EMBEDDING_GROUPS + BLOCK_GROUPS + HEAD_GROUPS
 
 # Names a user can write instead of listing groups one by one (in rule overrides, HP groups,
-# per-module multipliers).
+# per-module factors).
 GROUP_SETS: dict[str, tuple[str, ...]] = {
     "hidden": ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_up", "mlp_gate", "mlp_down"),
     "branch_out": ("attn_out", "mlp_down"),
@@ -40,12 +42,33 @@ GROUP_SETS: dict[str, tuple[str, ...]] = {
 }
 GAIN_GROUPS = frozenset(GROUP_SETS["gains"])  # vectors initialised to 1, not drawn from N(0, std)
 
-# HP kinds. For beta1/beta2 the rule and the multipliers act on (1 - beta).
+# HP kinds. ``multiplier`` is a module's forward multiplier (its output is scaled by it). For
+# beta1/beta2 the rule and the per-module factors act on (1 - beta).
 HP_KINDS = ("init_std", "multiplier", "lr", "eps", "weight_decay", "beta1", "beta2")
 Kind = Literal["init_std", "multiplier", "lr", "eps", "weight_decay", "beta1", "beta2"]
 
 Exponent = Union[float, str]
-AXES = ("width", "depth", "batch", "horizon")
+#: The transfer axes, named as the model fields they compare (`Scale`).
+AXES = ("width", "depth", "batch", "tokens")
+#: What a rule override may name: an axis, or ``rho`` (batch and tokens together).
+RULE_AXES = (*AXES, "rho")
+
+# Allowed base value of each HP kind, in one place: (test, what the message says).
+_HP_RANGES = {
+    "beta1": (lambda v: 0 < v < 1, "0 < beta < 1"),
+    "beta2": (lambda v: 0 < v < 1, "0 < beta < 1"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "multiplier": (lambda v: v > 0, "> 0"),
+    "init_std": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def hp_value_allowed(kind: str, value: float) -> str | None:
+    """None when ``value`` is an allowed base value of HP ``kind``, else what is allowed."""
+    ok, allowed = _HP_RANGES[kind]
+    return None if math.isfinite(value) and ok(value) else allowed
 
 
 def expand_groups(names: Iterable[str]) -> list[str]:
@@ -58,9 +81,10 @@ def expand_groups(names: Iterable[str]) -> list[str]:
     return out
 
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv}
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_BINOPS: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {
+    ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def eval_exponent(expr: Exponent, alpha: float) -> float:
@@ -70,6 +94,8 @@ def eval_exponent(expr: Exponent, alpha: float) -> float:
     -0.5
     """
     if isinstance(expr, (int, float)):
+        if not math.isfinite(expr):
+            raise ValueError(f"exponent {expr!r} is not a finite number")
         return float(expr)
     return _eval_expression(str(expr), float(alpha))
 
@@ -92,11 +118,19 @@ def _eval_expression(expr: str, alpha: float) -> float:
             f"exponent {expr!r}: only numbers, 'alpha', + - * / and parentheses are allowed"
         )
 
+    if len(expr) > 200:
+        raise ValueError(f"exponent {expr[:40]!r}... is longer than 200 characters")
     try:
         tree = ast.parse(str(expr), mode="eval")
     except SyntaxError as e:
         raise ValueError(f"exponent {expr!r} is not an arithmetic expression") from e
-    return ev(tree)
+    try:
+        value = ev(tree)
+    except (ZeroDivisionError, OverflowError) as e:
+        raise ValueError(f"exponent {expr!r} cannot be evaluated ({e})") from None
+    if not math.isfinite(value):
+        raise ValueError(f"exponent {expr!r} is not a finite number")
+    return value
 
 
 def _add(a: Exponent, b: Exponent) -> Exponent:
@@ -115,22 +149,22 @@ def _neg(a: Exponent) -> Exponent:
 
 @dataclass(frozen=True)
 class Rule:
-    """Exponents of the scale multipliers for one (group, HP kind).
+    """Exponents of the scale ratios for one (group, HP kind).
 
-    ``rho`` is a shorthand: it adds ``rho`` to the batch exponent and ``-rho`` to the horizon
+    ``rho`` is a shorthand: it adds ``rho`` to the batch exponent and ``-rho`` to the tokens
     exponent, since the SDE rules depend on m_B / m_D only.
     """
 
     width: Exponent = 0
     depth: Exponent = 0
     batch: Exponent = 0
-    horizon: Exponent = 0
+    tokens: Exponent = 0
     rho: InitVar[Exponent] = 0
 
     def __post_init__(self, rho: Exponent) -> None:
         if rho != 0:
             object.__setattr__(self, "batch", _add(self.batch, rho))
-            object.__setattr__(self, "horizon", _add(self.horizon, _neg(rho)))
+            object.__setattr__(self, "tokens", _add(self.tokens, _neg(rho)))
 
     def __add__(self, other: Rule) -> Rule:
         return Rule(*(_add(getattr(self, a), getattr(other, a)) for a in AXES))
@@ -139,12 +173,12 @@ class Rule:
         """The four exponents as numbers."""
         return {a: eval_exponent(getattr(self, a), alpha) for a in AXES}
 
-    def factor(self, mults: Mapping[str, float], alpha: float) -> float:
-        """The product of the scale multipliers raised to this rule's exponents."""
+    def factor(self, ratios: Mapping[str, float], alpha: float) -> float:
+        """The product of the scale ratios raised to this rule's exponents."""
         f = 1.0
         for axis, e in self.values(alpha).items():
             if e:
-                f *= mults[axis] ** e
+                f *= ratios[axis] ** e
         return f
 
     def describe(self, alpha: float) -> str:
@@ -152,11 +186,11 @@ class Rule:
         v = self.values(alpha)
         parts = [f"m_N^{_fmt(v['width'])}" if v["width"] else "",
                  f"m_L^{_fmt(v['depth'])}" if v["depth"] else ""]
-        if v["batch"] and v["batch"] == -v["horizon"]:
+        if v["batch"] and v["batch"] == -v["tokens"]:
             parts.append(f"rho^{_fmt(v['batch'])}")
         else:
             parts += [f"m_B^{_fmt(v['batch'])}" if v["batch"] else "",
-                      f"m_D^{_fmt(v['horizon'])}" if v["horizon"] else ""]
+                      f"m_D^{_fmt(v['tokens'])}" if v["tokens"] else ""]
         return " ".join(p for p in parts if p) or "1"
 
 
@@ -195,7 +229,7 @@ BetaForm = Literal["linear", "power"]
 
 @dataclass(frozen=True)
 class RuleTable:
-    """A parameterisation: per group, per HP kind, the exponents of the scale multipliers.
+    """A parameterisation: per group, per HP kind, the exponents of the scale ratios.
 
     Attributes:
         name: the parameterisation's name (``completed_p``...).
@@ -224,19 +258,19 @@ class RuleTable:
         return {(g, k): tuple((a, e) for a, e in self.rule(g, k).values(self.alpha).items()
                               if e) for g in GROUPS for k in HP_KINDS}
 
-    def factor(self, group: str, kind: str, mults: Mapping[str, float]) -> float:
-        """The transfer factor of (group, kind) for scale multipliers ``mults``."""
+    def factor(self, group: str, kind: str, ratios: Mapping[str, float]) -> float:
+        """The transfer factor of (group, kind) for scale ratios ``ratios``."""
         f = 1.0
         for axis, e in self._exponents[group, kind]:
-            f *= mults[axis] ** e
+            f *= ratios[axis] ** e
         return f
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Mapping[str, Exponent]]],
                        *, name: str | None = None, alpha: float | None = None) -> RuleTable:
         """A copy with some exponents replaced: ``{group or group set: {kind: {axis: value}}}``.
 
-        Axes are ``width``, ``depth``, ``batch``, ``horizon`` and ``rho`` (which sets batch to
-        rho and horizon to -rho). Axes not named keep their value.
+        Axes are ``width``, ``depth``, ``batch``, ``tokens`` and ``rho`` (which sets batch to
+        rho and tokens to -rho). Axes not named keep their value.
         """
         rows = {g: dict(r) for g, r in self.rows.items()}
         for gname, kinds in overrides.items():
@@ -252,7 +286,7 @@ class RuleTable:
                     new = {a: getattr(old, a) for a in AXES}
                     for axis, value in axes.items():
                         if axis == "rho":
-                            new["batch"], new["horizon"] = value, _neg(value)
+                            new["batch"], new["tokens"] = value, _neg(value)
                         elif axis in AXES:
                             new[axis] = value
                         else:

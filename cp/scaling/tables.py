@@ -1,7 +1,7 @@
 """The parameterisations, written as rule tables.
 
 Each table lists, per module group, the exponents of m_N (width), m_L (depth) and rho = m_B/m_D
-(batch over horizon) for every HP kind. Read a row like the paper's table: ``lr=R(width=-1,
+(batch over training tokens) for every HP kind. Read a row like the paper's table: ``lr=R(width=-1,
 depth="alpha - 1")`` means the Adam learning rate of that group is eta * m_N^-1 * m_L^(alpha-1).
 Tags in the docstrings follow ../shared/paper-notes.md: [C] CompleteP reference code, [N]/[A]
 secondary summaries of the paper, [I] inferred here -- a default that the coordinate check and
@@ -18,7 +18,7 @@ from .rules import Rule as R
 # ---------------------------------------------------------------------------------------------
 # Shared rows.
 
-#: SDE batch/horizon rules (Malladi et al. 2022, extended to coupled AdamW decay by Complete(d)P):
+#: SDE batch/duration rules (Malladi et al. 2022, extended to coupled AdamW decay by Complete(d)P):
 #: lr x rho^1/2, (1 - beta) x rho, eps x rho^-1/2, PyTorch-coupled weight decay x rho^1/2 (so the
 #: per-step shrink lr * wd goes as rho). Exponents beyond the lr are [I] (consistent with several
 #: independent implementations).

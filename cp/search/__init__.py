@@ -16,11 +16,11 @@ ALGORITHMS = ("trrs", "random", "tpe", "cmaes")
 
 
 def make_searcher(algorithm: str, space: SearchSpace, seed: int = 0, explore_seed: int = 0,
-                  workdir: Optional[Path] = None, trrs: Optional[TRRSConfig] = None,
+                  journal: Optional[Path] = None, trrs: Optional[TRRSConfig] = None,
                   resume: bool = False) -> Searcher:
-    """A searcher by name. ``workdir`` holds files a searcher persists besides its state
-    (Optuna's journal); ``resume`` says its state will be loaded next (else those files
-    start afresh)."""
+    """A searcher by name. ``journal`` is the file Optuna's samplers persist their study in
+    besides the searcher's state; ``resume`` says that state will be loaded next (else the
+    journal starts afresh)."""
     if algorithm == "random":
         return RandomSearch(space, seed, explore_seed)
     if algorithm == "trrs":
@@ -29,7 +29,6 @@ def make_searcher(algorithm: str, space: SearchSpace, seed: int = 0, explore_see
         from .optuna_samplers import CMAES, TPE
 
         cls = TPE if algorithm == "tpe" else CMAES
-        journal = Path(workdir) / f"optuna-{algorithm}.journal" if workdir else None
         return cls(space, seed, explore_seed, journal, resume=resume)
     raise ValueError(f"unknown search algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
 

@@ -21,7 +21,7 @@ from .space import SearchSpace
 class Trial:
     id: int
     x: list[float]
-    """The point, in log2 multipliers."""
+    """The point, in log2 factors."""
     seed: int
     """Seed of the training run (re-evaluations use fresh seeds)."""
     purpose: str = "explore"
@@ -33,6 +33,13 @@ class Trial:
     @property
     def pending(self) -> bool:
         return self.loss is None
+
+    @property
+    def told_loss(self) -> float:
+        """The loss of a told trial (a pending one is an error)."""
+        if self.loss is None:
+            raise ValueError(f"trial {self.id} is still pending")
+        return self.loss
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +92,7 @@ class Searcher:
         """The point the searcher would bet on, and its estimated loss (default: the explored
         trial with the lowest loss)."""
         b = self.best()
-        return (b.x, b.loss) if b else None
+        return (b.x, b.told_loss) if b else None
 
     # -- for subclasses --------------------------------------------------------------------
     def propose(self) -> Optional[Proposal]:
@@ -109,8 +116,8 @@ class Searcher:
 
     def best(self) -> Optional[Trial]:
         """The explored trial with the lowest told loss."""
-        done = [t for t in self.explored() if not t.pending and math.isfinite(t.loss)]
-        return min(done, key=lambda t: t.loss) if done else None
+        done = [t for t in self.explored() if not t.pending and math.isfinite(t.told_loss)]
+        return min(done, key=lambda t: t.told_loss) if done else None
 
     def state_dict(self) -> dict:
         return {"algorithm": self.name, "seed": self.seed, "space": self.space.to_dict(),

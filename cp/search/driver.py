@@ -1,4 +1,4 @@
-"""The loop that drives any searcher: ask up to a batch of trials, evaluate them together,
+"""The loop that drives any searcher: ask up to ``parallel`` trials, evaluate them together,
 tell the results; repeat until the budget is spent. The search stage, the benchmark and the
 tests all run searches through it."""
 
@@ -12,18 +12,18 @@ from .base import Searcher, Trial
 Evaluate = Callable[[Sequence[Trial]], Sequence[float]]
 
 
-def drive(searcher: Searcher, evaluate: Evaluate, budget: int, batch: int,
+def drive(searcher: Searcher, evaluate: Evaluate, budget: int, parallel: int,
           before: Optional[Callable[[Sequence[Trial]], None]] = None,
           after: Optional[Callable[[Sequence[Trial]], None]] = None) -> None:
     """Run ``searcher`` until it holds ``budget`` trials, all told.
 
-    Trials asked but not told (a search killed mid-batch and restored from its state) are
-    evaluated first. ``before`` sees each batch once it is asked (to save the state before
-    the expensive part), ``after`` once it is told.
+    Trials asked but not told (a search killed mid-round and restored from its state) are
+    evaluated first. ``before`` sees each round's trials once they are asked (to save the
+    state before the expensive part), ``after`` once they are told.
     """
     while True:
         asked = [t for t in searcher.trials if t.pending]
-        while len(asked) < batch and len(searcher.trials) < budget:
+        while len(asked) < parallel and len(searcher.trials) < budget:
             t = searcher.ask()
             if t is None:  # the searcher waits for results before proposing more
                 break

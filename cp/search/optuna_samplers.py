@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .base import Proposal, Searcher, Trial
 from .space import SearchSpace
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+    from optuna.samplers import BaseSampler
 
 #: What a diverged or failed trial is told (Optuna wants finite values; both samplers only
 #: rank them, so any value above every real loss works).
@@ -41,15 +45,15 @@ class OptunaSearcher(Searcher):
                                          sampler=self.make_sampler(seed), direction="minimize",
                                          load_if_exists=True)
         self.names = [d.name for d in space.dims]
-        self.distributions = {n: optuna.distributions.FloatDistribution(-space.radius,
-                                                                        space.radius)
-                              for n in self.names}
+        self.distributions: dict[str, BaseDistribution] = {
+            n: optuna.distributions.FloatDistribution(-space.radius, space.radius)
+            for n in self.names}
         if not self.study.trials:  # like every searcher here, start at the global optimum
             self.study.enqueue_trial(dict.fromkeys(self.names, 0.0))
         self.numbers: dict[int, int] = {}  # our trial id -> Optuna trial number
         self._asked_number: Optional[int] = None
 
-    def make_sampler(self, seed: int):
+    def make_sampler(self, seed: int) -> BaseSampler:
         raise NotImplementedError
 
     def propose(self) -> Optional[Proposal]:
@@ -58,7 +62,8 @@ class OptunaSearcher(Searcher):
         return Proposal([trial.params[n] for n in self.names], self.explore_seed)
 
     def asked(self, trial: Trial) -> None:
-        self.numbers[trial.id] = self._asked_number  # type: ignore[assignment]
+        assert self._asked_number is not None  # set by propose() just before
+        self.numbers[trial.id] = self._asked_number
 
     def observe(self, trial: Trial) -> None:
         value = trial.loss if trial.loss is not None and math.isfinite(trial.loss) \
@@ -77,7 +82,7 @@ class TPE(OptunaSearcher):
 
     name = "tpe"
 
-    def make_sampler(self, seed: int):
+    def make_sampler(self, seed: int) -> BaseSampler:
         import optuna
 
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
@@ -89,7 +94,7 @@ class CMAES(OptunaSearcher):
 
     name = "cmaes"
 
-    def make_sampler(self, seed: int):
+    def make_sampler(self, seed: int) -> BaseSampler:
         import optuna
 
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)

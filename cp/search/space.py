@@ -1,9 +1,9 @@
 """The per-module search space, factorised as in the paper: for each HP kind,
 
-    log2 multiplier(group, layer) = x[kind, group] + x[kind, layer]
+    log2 factor(group, layer) = x[kind, group] + x[kind, layer]
 
 so a kind has |groups| + |layers| free values instead of |groups| x |layers|. Points are vectors
-of log2 multipliers; 0 everywhere is the global optimum (all multipliers 1). Per-layer values sit
+of log2 factors; 0 everywhere is the global optimum (all factors 1). Per-layer values sit
 at the base model's layers and are interpolated over relative depth for other depths
 (`cp.scaling.layer_factors`).
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from ..scaling import BLOCK_GROUPS, Multipliers, expand_groups
+from ..scaling import BLOCK_GROUPS, Factors, expand_groups
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,15 @@ class SearchSpace:
     def center(self) -> list[float]:
         return [0.0] * self.dim
 
-    def clip(self, x: Sequence[float]) -> list[float]:
+    def clip(self, x: Iterable[float]) -> list[float]:
         return [min(max(float(v), -self.radius), self.radius) for v in x]
 
     def contains(self, x: Sequence[float]) -> bool:
         return len(x) == self.dim and all(-self.radius - 1e-12 <= v <= self.radius + 1e-12
                                           for v in x)
 
-    def multipliers(self, x: Sequence[float]) -> Multipliers:
-        """The per-module multipliers of point ``x``."""
+    def factors(self, x: Sequence[float]) -> Factors:
+        """The per-module factors of point ``x``."""
         if len(x) != self.dim:
             raise ValueError(f"point has {len(x)} coordinates, the space {self.dim}")
         per_type: dict[str, dict[str, float]] = {}
@@ -82,7 +82,7 @@ class SearchSpace:
                 per_layer.setdefault(d.kind, []).append(2.0 ** v)
         # A layer factor multiplies every block group of its kind, searched or not; a kind's
         # layer factors only exist when it has block groups.
-        return Multipliers(per_type=per_type, per_layer=per_layer)
+        return Factors(per_type=per_type, per_layer=per_layer)
 
     def to_dict(self) -> dict:
         return {"radius": self.radius, "dims": [d.name for d in self.dims]}

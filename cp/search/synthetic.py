@@ -33,10 +33,10 @@ class CliffLandscape:
         return x[0] + tilt + 0.05 * math.sin(40 * x[0]) > 1.0
 
     def true_loss(self, x: Sequence[float]) -> float:
-        x = np.asarray(x, dtype=float)
-        if self.diverges(x):
+        a = np.asarray(x, dtype=float)
+        if self.diverges(a):
             return math.inf
-        return float(self.floor + np.sum(self.curvature * (x - self.optimum) ** 2))
+        return float(self.floor + np.sum(self.curvature * (a - self.optimum) ** 2))
 
     def __call__(self, x: Sequence[float], seed: int) -> float:
         loss = self.true_loss(x)

@@ -1,8 +1,8 @@
 """Trust-region random search (TRRS), the paper's per-module search.
 
-Start at the global optimum (all multipliers 1), evaluated on the exploration seed and on
+Start at the global optimum (all factors 1), evaluated on the exploration seed and on
 ``reeval_seeds`` further seeds. Each round samples ``round_size`` candidates uniformly inside a
-box of half-width ``radius`` around the incumbent (in log2 multipliers), perturbing a random
+box of half-width ``radius`` around the incumbent (in log2 factors), perturbing a random
 subset of coordinates when the space is large, and trains them with the exploration seed. The
 landscape is noisy and has cliffs, so a candidate never replaces the incumbent on one lucky run:
 the best ``reeval_top`` candidates whose loss is below the incumbent's mean are re-evaluated on
@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..schema import Problems
 from .base import Proposal, Searcher, Trial
 from .space import SearchSpace
 
@@ -38,7 +39,7 @@ class TRRSConfig:
     shrink: float = 0.5
     """Radius factor after a round that did not."""
     round_size: int = 4
-    """Candidates per round (0: the stage's batch of trials in flight)."""
+    """Candidates per round (0: ``search.parallel``, the trials in flight)."""
     perturb_prob: float = 0.0
     """Probability that a coordinate is perturbed in a candidate (0: min(1, 20/dims), as
     TuRBO does in high dimension); at least one coordinate always is."""
@@ -46,6 +47,16 @@ class TRRSConfig:
     """Best candidates of a round re-evaluated before the incumbent may move."""
     reeval_seeds: int = 2
     """Fresh seeds of each re-evaluation."""
+
+    def check(self, at: str, problems: Problems) -> None:
+        for k in ("init_radius", "min_radius", "grow"):
+            problems.positive(f"{at}.{k}", getattr(self, k))
+        problems.range(f"{at}.shrink", self.shrink, 0 < self.shrink < 1, "0 < shrink < 1")
+        problems.range(f"{at}.perturb_prob", self.perturb_prob, 0 <= self.perturb_prob <= 1,
+                       "0 <= perturb_prob <= 1 (0: automatic)")
+        problems.at_least(f"{at}.round_size", self.round_size, 0, ">= 0 (0: search.parallel)")
+        for k in ("reeval_top", "reeval_seeds"):
+            problems.at_least(f"{at}.{k}", getattr(self, k), 1, "an integer >= 1")
 
 
 class TRRS(Searcher):
@@ -122,9 +133,10 @@ class TRRS(Searcher):
     def _after_explore(self) -> None:
         # Judge the incumbent by its mean over seeds: training small models is chaotic, so any
         # change of HPs redraws the seed noise, and one lucky run must not block every move.
+        assert self.incumbent is not None
         inc = self._mean(self.incumbent, [self.explore_seed, *self.reeval_seed_list])
-        done = sorted((self.trials[i] for i in self.current), key=lambda t: t.loss)
-        better = [t.x for t in done if math.isfinite(t.loss) and t.loss < inc]
+        done = sorted((self.trials[i] for i in self.current), key=lambda t: t.told_loss)
+        better = [t.x for t in done if math.isfinite(t.told_loss) and t.told_loss < inc]
         better = better[: self.cfg.reeval_top]
         if not better:
             self._decide(moved=False, note="no candidate beat the incumbent")
@@ -140,6 +152,7 @@ class TRRS(Searcher):
 
     def _after_reeval(self) -> None:
         seeds = [self.explore_seed, *self.reeval_seed_list]
+        assert self.incumbent is not None
         inc = self._mean(self.incumbent, seeds)
         best = min(self.challengers, key=lambda x: self._mean(x, seeds))
         if self._mean(best, seeds) < inc:
@@ -165,7 +178,7 @@ class TRRS(Searcher):
         """Told losses of point ``x`` by seed."""
         if x is None:
             return {}
-        return {t.seed: t.loss for t in self.trials if not t.pending and t.x == list(x)}
+        return {t.seed: t.told_loss for t in self.trials if not t.pending and t.x == list(x)}
 
     def _mean(self, x: list[float], seeds: list[int]) -> float:
         ev = self._evals(x)

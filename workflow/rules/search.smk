@@ -1,11 +1,7 @@
 # Stage 4: per-module search at the base model, from the global optimum (resumable: its
-# state is saved after every batch of trials).
+# state is saved after every round of trials).
 rule search:
-    input:
-        SPEC,
-        f"{STUDY}/select/global.json",
-    output:
-        f"{STUDY}/search/best.json",
+    input: after("search")
+    output: done("search")
     threads: workflow.cores
-    shell:
-        cpt("search")
+    shell: cpt("search")

@@ -1,10 +1,6 @@
 # Stage 2: the global HP grid at the base model and the transfer sweeps along the axes.
 rule sweep:
-    input:
-        SPEC,
-        f"{STUDY}/check/verdict.json",
-    output:
-        f"{STUDY}/sweep/runs.parquet",
+    input: after("sweep")
+    output: done("sweep")
     threads: workflow.cores
-    shell:
-        cpt("sweep")
+    shell: cpt("sweep")

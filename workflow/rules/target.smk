@@ -1,10 +1,6 @@
 # Stage 6: train every (target, arm, seed).
 rule target:
-    input:
-        SPEC,
-        f"{STUDY}/transfer/done.json",
-    output:
-        f"{STUDY}/target/runs.parquet",
+    input: after("target")
+    output: done("target")
     threads: workflow.cores
-    shell:
-        cpt("target")
+    shell: cpt("target")

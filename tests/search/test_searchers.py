@@ -21,11 +21,11 @@ def test_factorised_space_has_types_plus_layers_values_per_kind():
     assert flat.dim == len(TYPES)
 
 
-def test_a_point_maps_to_type_times_layer_multipliers():
+def test_a_point_maps_to_type_times_layer_factors():
     space = SearchSpace.build(["lr"], ["attn_q", "embedding"], depth=2, per_layer=True,
                               radius=3)
     x = [1.0, -1.0, 0.5, 2.0]  # attn_q, embedding, layer 0, layer 1
-    mult = space.multipliers(x)
+    mult = space.factors(x)
     base = Scale(64, 2, 8, 10_000, 32)
     s = {(g.group, g.layer): g for g in resolve(build_table("completed_p"), base, base,
                                                 BaseHPs(), mult)}
@@ -185,7 +185,7 @@ def test_trrs_reaches_within_1_percent_of_a_cliff_edged_optimum_before_random_se
 @pytest.mark.parametrize("algorithm", ["random", "trrs", "tpe", "cmaes"])
 def test_every_algorithm_runs_through_the_same_interface(algorithm, tmp_path):
     f = CliffLandscape(4, seed=0)
-    s = make_searcher(algorithm, box(4), seed=1, workdir=tmp_path)
+    s = make_searcher(algorithm, box(4), seed=1, journal=tmp_path / "optuna.journal")
     drive(s, f, 24, batch=4)
     assert len(s.trials) == 24 and s.trials[0].x == [0.0] * 4
     x, loss = s.recommend()
@@ -196,10 +196,11 @@ def test_every_algorithm_runs_through_the_same_interface(algorithm, tmp_path):
 @pytest.mark.parametrize("algorithm", ["tpe", "cmaes"])
 def test_optuna_searchers_resume_their_study_from_the_journal(algorithm, tmp_path):
     f = CliffLandscape(3, seed=0)
-    a = make_searcher(algorithm, box(3), seed=1, workdir=tmp_path)
+    a = make_searcher(algorithm, box(3), seed=1, journal=tmp_path / "optuna.journal")
     drive(a, f, 12, batch=4)
     pending = a.ask()
-    b = make_searcher(algorithm, box(3), seed=1, workdir=tmp_path, resume=True)  # new process
+    b = make_searcher(algorithm, box(3), seed=1, journal=tmp_path / "optuna.journal",
+                      resume=True)  # as a new process would
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     assert len(b.study.trials) == 13                    # Optuna's own record came back
     b.tell(pending.id, f(pending.x, pending.seed))      # the in-flight trial can be told
@@ -210,9 +211,9 @@ def test_optuna_searchers_resume_their_study_from_the_journal(algorithm, tmp_pat
 
 def test_a_new_optuna_search_does_not_continue_an_old_journal(tmp_path):
     f = CliffLandscape(3, seed=0)
-    first = make_searcher("tpe", box(3), seed=1, workdir=tmp_path)
+    first = make_searcher("tpe", box(3), seed=1, journal=tmp_path / "optuna.journal")
     drive(first, f, 12)
-    again = make_searcher("tpe", box(3), seed=1, workdir=tmp_path)   # not resumed
+    again = make_searcher("tpe", box(3), seed=1, journal=tmp_path / "optuna.journal")  # anew
     drive(again, f, 12)
     assert len(again.study.trials) == 12
     assert [t.x for t in again.trials] == [t.x for t in first.trials]  # same seed, same search

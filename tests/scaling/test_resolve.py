@@ -10,8 +10,8 @@ from cp.scaling import (
     GAIN_GROUPS,
     GROUPS,
     TABLES,
+    Factors,
     HPs,
-    Multipliers,
     Scale,
     build_table,
     layer_factors,
@@ -187,8 +187,8 @@ def test_unknown_table_or_group_is_rejected():
         build_table("completed_p", rules={"atn_q": {"lr": {"width": 1}}})
 
 
-def test_per_module_multipliers_act_per_type_and_per_layer():
-    mult = Multipliers(per_type={"lr": {"attn_q": 2.0, "hidden": 0.5}},
+def test_per_module_factors_act_per_type_and_per_layer():
+    mult = Factors(per_type={"lr": {"attn_q": 2.0, "hidden": 0.5}},
                        per_layer={"lr": [1.0, 3.0], "beta1": [2.0]})
     s = by_key(resolve(build_table("completed_p"), BASE, BASE, HP, mult))
     assert s["attn_q", 0].lr == pytest.approx(HP.lr * 2.0)      # the group beats its set

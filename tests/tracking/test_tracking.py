@@ -10,11 +10,10 @@ import polars as pl
 import pytest
 from mlflow import MlflowClient
 
-from cp.scaling import Multipliers
-from cp.stages import STAGES, run_stage
-from cp.study import Study, read_spec
-from cp.track import run_params
-from tests.conftest import tiny_run
+from cp.pipeline import run_stage
+from cp.spec import read_study_spec
+from cp.stages import NAMES as STAGES
+from cp.study import Study
 from tests.study_helpers import free_port
 
 TRAINING_STAGES = {"sweep": "sweep/runs.parquet", "search": "search/runs.parquet",
@@ -142,7 +141,7 @@ def study_copy(tracked_smoke, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_embedded_store_in_the_study_folder_is_the_default(study_copy):
-    spec = read_spec(study_copy)
+    spec = read_study_spec(study_copy)
     for _ in range(2):  # a re-run stage reuses its parent run
         run_stage("report", spec, study_copy, echo=lambda _: None)
     db = study_copy.root / "mlflow.db"
@@ -159,7 +158,7 @@ def test_the_embedded_store_in_the_study_folder_is_the_default(study_copy):
 
 @pytest.mark.slow
 def test_a_store_that_is_down_never_fails_a_stage_and_warns_once(study_copy, capsys):
-    spec = read_spec(study_copy)
+    spec = read_study_spec(study_copy)
     spec.tracking.uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     (study_copy.root / "select" / "global.json").unlink()
     run_stage("select", spec, study_copy, echo=lambda _: None)
@@ -168,16 +167,3 @@ def test_a_store_that_is_down_never_fails_a_stage_and_warns_once(study_copy, cap
     assert err.count("cpt: warning: MLflow tracking") == 1 and "cpt sync" in err
     record = json.loads((study_copy.root / "select" / "stage.json").read_text())
     assert record["status"] == "done"
-
-
-def test_params_hold_every_base_hp_and_multiplier_of_a_run():
-    cfg = tiny_run(multipliers=Multipliers(per_type={"lr": {"attn_q": 2.0}},
-                                           per_layer={"lr": [1.0, 0.5]}))
-    params = run_params(cfg.to_dict())
-    for kind in ("lr", "eps", "weight_decay", "beta1", "beta2", "init_std", "multiplier"):
-        assert params[f"hps.{kind}"] == str(getattr(cfg.hps, kind))
-    assert params["multipliers.per_type.lr.attn_q"] == "2.0"
-    assert params["multipliers.per_layer.lr.1"] == "0.5"
-    assert params["scale.width"] == "32" and params["m.width"] == "1"
-    assert params["parameterisation.name"] == "completed_p"
-    assert not any(k.startswith("runtime.") for k in params)  # does not change the numbers

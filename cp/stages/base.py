@@ -1,0 +1,158 @@
+"""What a stage is and what it is given.
+
+A stage is one `Stage` value in its own module (``cp/stages/<name>.py``), listed in DAG order
+by the registry (`cp.stages.STAGES`). Everything about it lives in that module: the spec
+section it reads (a dataclass with its own ``check``), the runs it plans, how it runs them,
+the files it writes (named by `cp.study.Study`), what its MLflow parent run shows, and its
+section of the report with the verdicts it can make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..config import PlannedRun, RunResult
+from ..doc import Doc, Findings
+from ..execute import ResultHook
+from ..study import Study, read_json
+
+if TYPE_CHECKING:  # the spec composes the stages' sections, so it sits above them
+    from ..spec import Spec
+
+Echo = Callable[[str], None]
+
+
+class StageFailed(Exception):
+    """A stage that cannot succeed (e.g. the coordinate check failed): stops the study."""
+
+
+@dataclass
+class Context:
+    """What a stage runs with."""
+
+    spec: Spec
+    study: Study
+    stages: tuple[Stage, ...] = ()
+    """The registry, in DAG order (the report stage reads every stage's section)."""
+    on_result: Optional[ResultHook] = None
+    """Called with each training run's result as it comes in (tracking, tests)."""
+    echo: Echo = print
+
+
+@dataclass
+class ReportContext:
+    """What a stage's report section writes into."""
+
+    spec: Spec
+    study: Study
+    doc: Doc
+    found: Findings
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What an earlier section leaves for a later one (the sweep's suboptimality rows, which
+    the target section looks up when a sweep covered a target's own scale)."""
+
+
+@dataclass
+class StagePlan:
+    """What a stage will train: ``cpt plan``'s row."""
+
+    stage: str
+    runs: int
+    tokens: int
+    note: str = ""
+
+
+@dataclass
+class Outputs:
+    """What a stage's MLflow parent run shows: its files and their headline numbers."""
+
+    metrics: list[tuple[str, float, int]] = field(default_factory=list)
+    files: list[tuple[Path, Optional[str]]] = field(default_factory=list)
+    """(local file or folder, artifact path)."""
+
+    def add(self, path: Path, dest: Optional[str]) -> None:
+        if path.exists():
+            self.files.append((path, dest))
+
+    def fingerprint(self) -> str:
+        """A hash of the files' contents and the metrics: sync re-logs a stage whose outputs
+        changed since they were logged (a re-run, a rebuilt report)."""
+        h = hashlib.sha256(json.dumps(sorted(self.metrics)).encode())
+        for path, dest in self.files:
+            for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+                if f.is_file():
+                    h.update(f"{dest}/{f.relative_to(path.parent)}".encode())
+                    h.update(f.read_bytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a study."""
+
+    name: str
+    summary: str
+    """What it does, in a line (``cpt plan``, docs)."""
+    after: tuple[str, ...]
+    """Stages whose outputs it reads (Snakemake's inputs)."""
+    run: Callable[[Context], Any]
+    done: Callable[[Study], Path]
+    """The file whose existence says the stage has finished (Snakemake's output)."""
+    plan: Callable[[Spec], StagePlan]
+    outputs: Callable[[Study], Outputs]
+    """Its files and numbers for MLflow (whatever of them exists)."""
+    report: Optional[Callable[[ReportContext], None]] = None
+    """Its section of the report (None: it has none)."""
+    trains: bool = False
+    """Its runs go through the launcher: it has a runs table (`Study.stage_table`) and may
+    have its own SLURM resources (``launcher.stages``)."""
+
+
+def result_row(pr: PlannedRun, result: RunResult) -> dict:
+    """A row of a stage's runs table: the planned run's tags, its scale and its outcome."""
+    sc = pr.config.scale
+    return {**pr.tags, "run_id": pr.run_id, "width": sc.width, "depth": sc.depth,
+            "batch": sc.batch, "tokens": sc.tokens, "seq_len": sc.seq_len,
+            "status": result.status, "diverged": result.diverged,
+            "final_val_loss": result.final_val_loss, "loss": result.loss_or_inf(),
+            "steps": result.steps, "tokens_per_s": result.tokens_per_s,
+            "wall_s": result.wall_s, "n_params": result.n_params}
+
+
+#: Columns of a stage's runs table that are results, not the planned run's tags.
+RESULT_COLUMNS = frozenset({"run_id", "width", "depth", "batch", "tokens", "seq_len", "status",
+                            "diverged", "final_val_loss", "loss", "steps", "tokens_per_s",
+                            "wall_s", "n_params"})
+
+
+def base_outputs(study: Study, stage: str) -> Outputs:
+    """What every stage's parent run shows: the study's spec and the stage's record."""
+    out = Outputs()
+    out.add(study.spec_file, None)
+    out.add(study.stage_record(stage), stage)
+    return out
+
+
+def table_outputs(study: Study, stage: str) -> Outputs:
+    """A training stage's runs table and its run counts by status."""
+    import polars as pl
+
+    out = base_outputs(study, stage)
+    table = study.stage_table(stage)
+    out.add(table, stage)
+    if table.exists():
+        df = pl.read_parquet(table).unique("run_id")
+        out.metrics.append(("runs", float(len(df)), 0))
+        for status in ("completed", "diverged", "failed"):
+            out.metrics.append((f"runs_{status}",
+                                float(df.filter(pl.col("status") == status).height), 0))
+    return out
+
+
+def read_if_exists(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
