@@ -350,6 +350,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_rules(args: argparse.Namespace) -> int:
+    """The exponents a study's sweeps want, as a ready ``tables:`` block."""
+    from .spec import read_study_spec
+    from .stages.sweep import fitted_rules_yaml, study_fitted_rules
+    from .study import Study
+
+    study = Study(Path(args.study))
+    spec = read_study_spec(study)
+    rows = study_fitted_rules(spec, study)
+    table = args.table or spec.parameterisation.name
+    if not any(r["table"] == table for r in rows):
+        known = sorted({r["table"] for r in rows})
+        raise UserError(f"no swept shift of table {table!r} in {study.root}"
+                        + (f"; swept tables: {', '.join(known)}" if known else
+                           " (the study has no transfer sweep along an axis yet)"))
+    print(fitted_rules_yaml(rows, table, str(study.root)), end="")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """The report rebuilt from the study folder alone (its spec.yaml, tables, run folders)."""
     from .spec import read_study_spec
@@ -446,6 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--uri", default=None, help="tracking URI (default: the study's "
                     "tracking.uri, else MLFLOW_TRACKING_URI, else sqlite:///STUDY/mlflow.db)")
     sy.set_defaults(fn=cmd_sync)
+
+    fr = sub.add_parser("fit-rules", help="Print the exponents a study's sweeps want, as a "
+                        "tables: override block.", description="For each swept HP and axis, "
+                        "the exponent that would have kept the optimum still (the table's "
+                        "exponent plus the measured shift per doubling, with its 95% "
+                        "interval), as a `tables:` block to paste into a spec.")
+    fr.add_argument("study", help="study folder, e.g. results/cpu-study")
+    fr.add_argument("--table", default=None, help="table whose exponents to fit (default: "
+                    "the study's parameterisation)")
+    fr.set_defaults(fn=cmd_fit_rules)
 
     rp = sub.add_parser("report", help="Rebuild a study's report from its folder alone.")
     rp.add_argument("study", help="study folder, e.g. results/demo")

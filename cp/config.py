@@ -272,6 +272,14 @@ class RunSettings:
         self.runtime.check("runtime", problems)
 
 
+Stream = Literal["choose", "judge"]
+#: What a run's result is used for, and so the data stream its batches are drawn from: runs
+#: that choose (sweeps that select an optimum, search trials) and runs that judge
+#: (re-evaluations, target arms, speedups) never share a batch order, nor (by the spec's
+#: check) a seed.
+STREAMS: dict[str, int] = {"choose": 0, "judge": 1}
+
+
 @dataclass(kw_only=True)
 class RunConfig(RunSettings):
     """One training run: a model at one scale, with HPs transferred from the base scale."""
@@ -280,6 +288,9 @@ class RunConfig(RunSettings):
     """Width, depth, batch, tokens and seq_len of this run."""
     base_scale: Scale
     """The scale at which ``hps`` and ``factors`` are given (the proxy)."""
+    stream: Stream = "choose"
+    """``choose`` (its result selects something: an optimum, a search's next point) or
+    ``judge`` (its result measures something chosen): the stream its batches come from."""
 
     def table(self) -> RuleTable:
         return self.parameterisation.build()
@@ -305,6 +316,7 @@ class RunConfig(RunSettings):
             "data": _flat(self.data),
             "train": _flat(self.train),
             "seed": self.seed,
+            "stream": self.stream,
         }
 
     def describe(self, settings: Optional[list[GroupSettings]] = None) -> dict[str, Any]:

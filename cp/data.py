@@ -136,13 +136,16 @@ class TokenData:
         return chunk[:, :-1], chunk[:, 1:]
 
     def train_batch(self, step: int, batch: int, seq_len: int, seed: int,
-                    rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of the global batch of ``step``: a pure function of
-        (seed, step), so resuming and data-parallel ranks (``rows``) see the same data."""
+                    rows: slice | None = None, stream: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the global batch of ``step``: a pure function of (seed, step,
+        stream), so resuming and data-parallel ranks (``rows``) see the same data. ``stream``
+        separates the batch orders of choosing and judging runs (`cp.config.STREAMS`): a run
+        that judges never sees the batch order of a run that chose, even on one seed."""
         if len(self.train) <= seq_len + 1:
             raise ValueError(f"train split ({len(self.train)} tokens) is shorter than seq_len "
                              f"{seq_len}")
-        rng = np.random.default_rng([seed, step])
+        rng = np.random.default_rng([seed, step] if stream == 0 else [seed, step, stream])
         starts = rng.integers(0, len(self.train) - seq_len - 1, size=batch)
         if rows is not None:
             starts = starts[rows]

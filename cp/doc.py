@@ -30,9 +30,31 @@ def fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.{digits}f}"
 
 
+def decimals_for(half_width: Optional[float], at_least: int = 1) -> int:
+    """Decimals that show a number to the precision its interval supports: two significant
+    digits of the half-width (0.0456 -> 3 decimals, 0.23 -> 2)."""
+    if half_width is None or not math.isfinite(half_width) or half_width <= 0:
+        return 4
+    return max(at_least, 1 - math.floor(math.log10(half_width)))
+
+
+def fmt_interval(estimate: Optional[float], low: Optional[float], high: Optional[float],
+                 signed: bool = False) -> str:
+    """``0.123 [0.078, 0.169]`` with as many digits as the interval supports; the estimate
+    alone (4 significant digits) when there is no interval."""
+    if estimate is None or not math.isfinite(estimate):
+        return "-"
+    sign = "+" if signed else ""
+    if low is None or high is None:
+        return f"{estimate:{sign}.4g} (no interval: one seed)"
+    d = decimals_for((high - low) / 2)
+    return f"{estimate:{sign}.{d}f} [{low:{sign}.{d}f}, {high:{sign}.{d}f}]"
+
+
 class Findings:
     """The claims found while writing a report's sections: verdict paragraphs and their
-    numbers (``summary.json``)."""
+    numbers (``summary.json``). A metric from seeds has its interval beside it:
+    ``<key>.ci_low`` and ``<key>.ci_high``."""
 
     def __init__(self) -> None:
         self.claims: list[dict[str, Any]] = []
@@ -41,9 +63,13 @@ class Findings:
     def claim(self, what: str, text: str, **numbers: Any) -> None:
         self.claims.append({"claim": what, "text": text, **numbers})
 
-    def metric(self, key: str, value: Optional[float]) -> None:
+    def metric(self, key: str, value: Optional[float], low: Optional[float] = None,
+               high: Optional[float] = None) -> None:
         if value is not None and math.isfinite(value):
             self.metrics[key] = float(value)
+            if low is not None and high is not None:
+                self.metrics[f"{key}.ci_low"] = float(low)
+                self.metrics[f"{key}.ci_high"] = float(high)
 
 
 @dataclass
@@ -105,7 +131,7 @@ class Doc:
             elif isinstance(b, Figure):
                 out += [f"![{b.alt}]({_relative(b.path, base)})", ""]
             elif isinstance(b, Table):
-                out.append("| " + " | ".join(b.header) + " |")
+                out.append("| " + " | ".join(c.replace("|", "/") for c in b.header) + " |")
                 out.append("|" + "---|" * len(b.header))
                 out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |"
                         for r in b.rows]

@@ -27,8 +27,10 @@ def plot_transfer_curves(rows: Sequence[dict], axis: str, path: Path, kind: str 
                          optima: Optional[dict] = None) -> None:
     """The classic muP figure: final loss against ``kind`` (log2 x axis), one line per value
     of ``axis``, one panel per parameterisation. ``rows`` hold parameterisation, axis_value,
-    the kind's value and ``loss`` (seed-averaged; inf = diverged, drawn as a cross at the top).
-    ``optima`` maps (parameterisation, axis_value) -> fitted optimal value (a dot)."""
+    the kind's value and ``loss`` (seed-averaged; inf = diverged, drawn as a cross at the top),
+    and optionally ``loss_min``/``loss_max`` over seeds (error bars). ``optima`` maps
+    (parameterisation, axis_value) -> the optimal value, or (value, low, high) with its
+    interval (a dashed line and a shaded band)."""
     plt = _plt()
     tables = list(dict.fromkeys(r["parameterisation"] for r in rows))
     fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 4.2), squeeze=False,
@@ -49,10 +51,21 @@ def plot_transfer_curves(rows: Sequence[dict], axis: str, path: Path, kind: str 
             xs = [p[0] for p in pts if math.isfinite(p[1])]
             ys = [p[1] for p in pts if math.isfinite(p[1])]
             ax.plot(xs, ys, marker="o", ms=3, color=colour, label=f"{axis}={v}")
+            spread = sorted((r[kind], r["loss_min"], r["loss_max"]) for r in rows
+                            if r["parameterisation"] == table and r["axis_value"] == v
+                            and r.get("loss_min") is not None and math.isfinite(r["loss"])
+                            and r["loss_max"] > r["loss_min"])
+            if spread:
+                ax.vlines([p[0] for p in spread], [p[1] for p in spread],
+                          [p[2] for p in spread], color=colour, lw=0.8, alpha=0.6)
             div = [p[0] for p in pts if not math.isfinite(p[1])]
             ax.plot(div, [top] * len(div), "x", color=colour)
-            if optima and (table, v) in optima and optima[table, v] is not None:
-                ax.axvline(optima[table, v], color=colour, lw=0.8, ls="--", alpha=0.7)
+            mark = (optima or {}).get((table, v))
+            mark = mark if isinstance(mark, tuple) else (mark, None, None)
+            if mark[0] is not None:
+                ax.axvline(mark[0], color=colour, lw=0.8, ls="--", alpha=0.7)
+                if mark[1] is not None and mark[2] is not None:
+                    ax.axvspan(mark[1], mark[2], color=colour, alpha=0.08, lw=0)
         ax.set_xscale("log", base=2)
         ax.set_title(table)
         ax.set_xlabel(kind)
@@ -62,7 +75,7 @@ def plot_transfer_curves(rows: Sequence[dict], axis: str, path: Path, kind: str 
     if finite:
         axes[0][0].set_ylim(lo - 0.02 * (top - lo), top + 0.03 * (top - lo))
     fig.suptitle(f"{kind} transfer across {AXIS_LABEL.get(axis, axis)} "
-                 "(x: diverged; dashed: fitted optimum)")
+                 "(x: diverged; dashed: optimum, shaded: its 95% interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -115,8 +128,9 @@ def plot_target_curves(curves: dict[str, list[tuple[float, float]]], path: Path,
 def plot_optimum_shift(optima: Sequence[dict], shifts: Sequence[dict], path: Path,
                        kind: str = "lr") -> None:
     """The optimal ``kind`` against each axis's value (log-log, base 2), one panel per axis,
-    one line per parameterisation: flat lines are transfer that holds. Hollow markers are
-    points whose lowest loss is at the grid's edge (the optimum may lie beyond)."""
+    one line per parameterisation, with 95% intervals as error bars: flat lines are transfer
+    that holds. Hollow markers are points whose lowest loss is at the grid's edge (the optimum
+    may lie beyond)."""
     plt = _plt()
     axes_names = list(dict.fromkeys(r["axis"] for r in optima))
     fig, axes = plt.subplots(1, max(1, len(axes_names)), squeeze=False,
@@ -125,7 +139,8 @@ def plot_optimum_shift(optima: Sequence[dict], shifts: Sequence[dict], path: Pat
     slope = {(r["parameterisation"], r["axis"]): r["shift_per_doubling"] for r in shifts}
     for ax, axis in zip(axes[0], axes_names, strict=False):
         for i, table in enumerate(tables):
-            pts = sorted((r["axis_value"], r["opt"], not r["at_edge"])
+            pts = sorted((r["axis_value"], r["opt"], not r["at_edge"], r.get("opt_low"),
+                          r.get("opt_high"))
                          for r in optima if r["axis"] == axis and r["parameterisation"] == table
                          and r["opt"] is not None)
             if not pts:
@@ -133,16 +148,18 @@ def plot_optimum_shift(optima: Sequence[dict], shifts: Sequence[dict], path: Pat
             s = slope.get((table, axis))
             label = table + (f": {s:+.2f} octaves / doubling" if s is not None else "")
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i}", label=label)
-            for x, y, ok in pts:
+            for x, y, ok, lo, hi in pts:
                 ax.plot([x], [y], "o", color=f"C{i}", mfc=f"C{i}" if ok else "white")
+                if lo is not None and hi is not None:
+                    ax.vlines([x], [lo], [hi], color=f"C{i}", lw=1.2, alpha=0.7)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xlabel(AXIS_LABEL.get(axis, axis))
         ax.set_ylabel(f"optimal base {kind}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(f"optimal {kind} along each axis\n(flat: transfer holds; hollow: at the "
-                 "grid's edge)", fontsize=10)
+    fig.suptitle(f"optimal {kind} along each axis with 95% intervals\n(flat: transfer "
+                 "holds; hollow: at the grid's edge)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

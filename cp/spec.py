@@ -26,7 +26,7 @@ from .config import ParamConfig, RunConfig, RunSettings
 from .resources import LauncherSpec, SlurmSpec
 from .scaling import TABLES, Scale
 from .schema import Problem, Problems, SpecError, coerce, deprecated, suggest
-from .stages import TRAINING
+from .stages import STAGES, TRAINING
 from .stages.check import CheckSpec
 from .stages.search import SearchSpec
 from .stages.select import SelectSpec
@@ -153,8 +153,23 @@ class Spec(RunSettings):
         if self.base in self.models:
             self.targets.check("targets", self, problems)
         check_arms("arms", self.arms, self, problems)
+        self.check_seeds(problems)
         self.launcher.check("launcher", problems, TRAINING)
         self.tracking.check("tracking", problems)
+
+    def check_seeds(self, problems: Problems) -> None:
+        """What selects must not judge: no seed both chooses (sweeps, search trials, the target
+        sweep) and judges (re-evaluations, target arms), anywhere in the study."""
+        uses: dict[str, dict[int, list[str]]] = {"choose": {}, "judge": {}}
+        for stage in STAGES:
+            for u in stage.seeds(self) if stage.seeds is not None else []:
+                uses[u.stream].setdefault(u.seed, []).append(u.key)
+        for seed in sorted(set(uses["choose"]) & set(uses["judge"])):
+            judging, choosing = uses["judge"][seed], uses["choose"][seed]
+            problems(judging[0], f"seed {seed} judges ({', '.join(judging)}) but also chooses "
+                     f"({', '.join(choosing)}): a number measured on it would be in-sample",
+                     "judging seeds that no choosing run uses (e.g. targets.seeds: [1, 2] "
+                     "with sweeps.seeds: [0])")
 
     def save(self, study: Study) -> None:
         """Keep the resolved spec (defaults filled in) in the study folder."""

@@ -218,6 +218,11 @@ class Study:
         return self.stage_table("target")
 
     @property
+    def target_tuned(self) -> Path:
+        """Each target's own optimum from ``targets.sweep`` and its ``global_tuned`` runs."""
+        return self.stage_dir("target") / "tuned.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.stage_dir("report")
 

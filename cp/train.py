@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import RunConfig, RunResult, Status
+from .config import STREAMS, RunConfig, RunResult, Status
 from .data import TokenData
 from .distributed import rank_and_world
 from .model import GPT
@@ -215,7 +215,8 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
 
     step = state["step"]
     while step < total_steps:
-        x, y = data.train_batch(step, cfg.scale.batch, cfg.scale.seq_len, cfg.seed, rows=rows)
+        x, y = data.train_batch(step, cfg.scale.batch, cfg.scale.seq_len, cfg.seed, rows=rows,
+                                stream=STREAMS[cfg.stream])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             loss, ce = fwd(x, y)

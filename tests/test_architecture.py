@@ -24,6 +24,7 @@ FLOORS = [
      "cp.search.*"],
     ["cp.config"],
     ["cp.study"],
+    ["cp.estimate"],
     ["cp.model", "cp.optim", "cp.distributed", "cp.analysis", "cp.plots"],
     ["cp.train", "cp.coord"],
     ["cp.execute"],

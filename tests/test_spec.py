@@ -207,3 +207,13 @@ def test_a_renamed_key_is_read_under_its_new_name_with_a_note(demo, capsys, monk
         assert f"'{old}' is deprecated and read as '{new}'" in err, err
     raw["search"]["parallel"] = 2
     assert "both 'batch' and its new name 'parallel'" in problems(raw)
+
+
+def test_a_study_whose_judging_seeds_overlap_its_choosing_seeds_is_refused(demo):
+    raw = set_key(demo, "targets.seeds", [0, 1])   # sweeps.seeds is [0]: seed 0 chose
+    text = problems(raw)
+    assert "targets.seeds[0]: seed 0 judges" in text and "sweeps.seeds[0]" in text
+    assert "in-sample" in text
+    raw = set_key(demo, "search.reeval_seeds", [1000])  # TRRS re-evaluates on seed + 1000
+    assert "search.trrs.reeval_seeds" in problems(raw)
+    build_spec(set_key(demo, "targets.seeds", [7, 8]))  # disjoint: fine

@@ -59,6 +59,12 @@ class TRRSConfig:
             problems.at_least(f"{at}.{k}", getattr(self, k), 1, "an integer >= 1")
 
 
+def reeval_seeds(explore_seed: int, count: int) -> list[int]:
+    """The seeds TRRS re-evaluates candidates on: far from the exploration seed and from the
+    stage's own judging seeds. They choose (which candidate moves the incumbent)."""
+    return [explore_seed + 1000 + k for k in range(count)]
+
+
 class TRRS(Searcher):
     name = "trrs"
 
@@ -78,8 +84,7 @@ class TRRS(Searcher):
 
     @property
     def reeval_seed_list(self) -> list[int]:
-        # Far from the exploration seed and from the stage's own reporting seeds.
-        return [self.explore_seed + 1000 + k for k in range(self.cfg.reeval_seeds)]
+        return reeval_seeds(self.explore_seed, self.cfg.reeval_seeds)
 
     # -- the round structure ---------------------------------------------------------------
     def propose(self) -> Optional[Proposal]:

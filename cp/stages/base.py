@@ -27,6 +27,16 @@ if TYPE_CHECKING:  # the spec composes the stages' sections, so it sits above th
 Echo = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class SeedUse:
+    """A seed a stage's runs use: its ``stream`` (choose or judge) and the spec key it comes
+    from (for messages)."""
+
+    stream: str
+    seed: int
+    key: str
+
+
 class StageFailed(Exception):
     """A stage that cannot succeed (e.g. the coordinate check failed): stops the study."""
 
@@ -111,6 +121,10 @@ class Stage:
     trains: bool = False
     """Its runs go through the launcher: it has a runs table (`Study.stage_table`) and may
     have its own SLURM resources (``launcher.stages``)."""
+    seeds: Optional[Callable[[Spec], list[SeedUse]]] = None
+    """The seeds its runs use and what for: choosing (selecting an optimum or a search's
+    next point) or judging (measuring what was chosen). The spec refuses a seed that does
+    both, anywhere in the study."""
 
 
 def result_row(pr: PlannedRun, result: RunResult) -> dict:

@@ -12,19 +12,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
-from ..config import PlannedRun, model_groups
-from ..doc import Doc, Findings, fmt
+from ..config import PlannedRun, Stream, model_groups
+from ..doc import Doc, Findings, fmt, fmt_interval
+from ..estimate import Interval, interval
 from ..launch import Launcher
 from ..scaling import GAIN_GROUPS, Factors, check_group, check_kind, expand_groups
 from ..schema import Problems
 from ..search import ALGORITHMS, SearchSpace, TRRSConfig, make_searcher
 from ..search.base import Trial
 from ..search.driver import drive
+from ..search.trrs import reeval_seeds
 from ..study import Study, read_json, write_json, write_parquet
 from .base import (
     Context,
     Outputs,
     ReportContext,
+    SeedUse,
     Stage,
     StageFailed,
     StagePlan,
@@ -112,10 +115,11 @@ def search_space(spec: Spec) -> SearchSpace:
 
 
 def search_run(spec: Spec, global_values: dict[str, float], factors: Factors, seed: int,
-               tags: dict[str, Any]) -> PlannedRun:
-    """One per-module search trial: the base model at the global optimum times factors."""
+               tags: dict[str, Any], stream: Stream = "choose") -> PlannedRun:
+    """One per-module search run: the base model at the global optimum times factors; a
+    trial chooses, the final re-evaluation judges (``stream``)."""
     cfg = spec.run_config(spec.base, hps=spec.hps.with_values(global_values), factors=factors,
-                          seed=seed)
+                          seed=seed, stream=stream)
     return PlannedRun(cfg, {"stage": "search", "seed": seed, **tags})
 
 
@@ -193,7 +197,7 @@ def run(ctx: Context) -> dict:
         reeval_rows = []
         for label, x in (("best", best_x), ("global", space.center())):
             runs = [search_run(spec, global_values, space.factors(x), seed,
-                               {"trial": f"{label}-reeval", "purpose": "reeval"})
+                               {"trial": f"{label}-reeval", "purpose": "reeval"}, "judge")
                     for seed in s.reeval_seeds]
             results = runner.run(runs)
             reeval_rows += [result_row(r, results[r.run_id]) for r in runs]
@@ -294,44 +298,68 @@ def search_section(rc: ReportContext) -> None:
         doc.p("Disabled in the spec.")
         return
     b, g = best["reeval"], best["global_reeval"]
+    gain = paired_gain(g["losses"], b["losses"])
     doc.p(f"{best['algorithm']} search, {best['trials']} trials over {len(best['dims'])} log2 "
-          f"factors. Best trial {best['best_trial']}: loss {fmt(best['best_loss'])}. "
-          f"Re-evaluated on seeds {b['seeds']}: **{fmt(b['mean'])} ± {fmt(b['std'], 2)}** "
-          f"against the global optimum's {fmt(g['mean'])} ± {fmt(g['std'], 2)}.")
+          f"factors (trials train on the choosing seed {rc.spec.seed}). Recommended point: "
+          f"trial {best['best_trial']}, loss {fmt(best['best_loss'])} -- in-sample: that loss "
+          "chose it, so it flatters it. Re-evaluated on the judging seeds "
+          f"{b['seeds']}: **{fmt(b['mean'])} ± {fmt(b['std'], 2)}** against the global "
+          f"optimum's {fmt(g['mean'])} ± {fmt(g['std'], 2)} on the same seeds.")
     if study.search_progress_plot.exists():
         fig = study.report_figure("search_progress")
         shutil.copyfile(study.search_progress_plot, fig)
-        doc.fig(fig, "search: each trial's loss and the best so far")
+        doc.fig(fig, "search: each trial's loss and the best so far (in-sample)")
     heat = study.report_figure("search_factors")
     plot_multiplier_heatmap(best["dims"], best["x"], heat,
                             f"best trial {best['best_trial']}: type factor + layer factor")
     doc.fig(heat, "per-module factors found (log2, per type and layer)")
-    gain = g["mean"] - b["mean"]
-    found.metric("search.gain", gain)
+    found.metric("search.gain", gain.estimate, gain.low, gain.high)
     found.metric("search.best_reeval", b["mean"])
     found.metric("search.global_reeval", g["mean"])
-    n = len(b["seeds"])
+    found.metric("search.best_in_sample", best["best_loss"])
     if not any(best["x"]):
         found.claim("search", "**The per-module search found nothing better than the global "
                     f"optimum** at the proxy: its best trial ({best['trials']} trials) is the "
                     "global optimum itself, so the per-module arm equals the global one.",
-                    gain=0.0)
+                    gain=0.0, verdict="no gain")
         doc.p("No trial beat the global optimum: the best point is the global optimum itself "
               "(every factor 1), so the per-module arm equals the global one.")
         return
-    spread = max(b["std"], g["std"])
-    if gain > 0 and (n < 2 or gain > spread):
-        head = "**The per-module search improves the proxy**"
+    text = fmt_interval(gain.estimate, gain.low, gain.high, signed=True)
+    if not gain.known:
+        word = "cannot tell"
+        head = ("**Cannot tell whether the per-module search improves the proxy**: one "
+                f"judging seed gives a difference of {text} nats; add search.reeval_seeds")
+    elif gain.above(0):
+        word = "improves"
+        head = (f"**The per-module search improves the proxy** by {text} nats on "
+                f"{gain.seeds} judging seeds (paired with the global optimum)")
+    elif gain.below(0):
+        word = "worse"
+        head = (f"**The per-module search's point is worse than the global optimum** at the "
+                f"proxy by {text} nats on {gain.seeds} judging seeds")
     else:
-        head = "**No clear gain from the per-module search at the proxy**"
-    seeds = (f"on {n} fresh seed(s)" + ("" if n > 1 else "; one seed gives no spread, so add "
-                                        "search.reeval_seeds to judge noise"))
-    found.claim("search", f"{head}: re-evaluated {seeds}, the best factors reach "
-                f"{fmt(b['mean'])} against the global optimum's {fmt(g['mean'])} (a "
-                f"difference of {gain:+.4f} nats; seed spread {spread:.4f}).", gain=gain)
+        word = "cannot tell"
+        head = (f"**Cannot tell whether the per-module search improves the proxy**: {text} "
+                f"nats on {gain.seeds} judging seeds includes 0; more search.reeval_seeds "
+                "would narrow it")
+    found.claim("search", head + ".", gain=gain.estimate, ci_low=gain.low, ci_high=gain.high,
+                verdict=word)
     doc.p("Largest factors found (log2, 0 = the global optimum):")
     ranked = sorted(zip(best["dims"], best["x"], strict=True), key=lambda p: -abs(p[1]))
     doc.table(["coordinate", "log2 factor"], [[n_, f"{v:+.2f}"] for n_, v in ranked[:10]])
+
+
+def paired_gain(global_losses: list[float], best_losses: list[float]) -> Interval:
+    """How much lower the recommended point's loss is than the global optimum's, paired over
+    the judging seeds (the same seed for both), with a Student-t 95% interval."""
+    diffs = [g - b for g, b in zip(global_losses, best_losses, strict=True)
+             if math.isfinite(g) and math.isfinite(b)]
+    if not diffs:
+        return Interval(math.nan, None, None, 0)
+    mean = statistics.fmean(diffs)
+    return interval(mean, [statistics.fmean(diffs[:i] + diffs[i + 1:])
+                           for i in range(len(diffs))] if len(diffs) > 1 else [])
 
 
 BUDGETS = (8, 16, 32, 48, 64, 96, 128, 200, 256, 400)
@@ -401,8 +429,23 @@ def search_comparison_section(doc: Doc, data: dict, level: int = 1,
                     fmt(statistics.fmean(a["final"]))] for alg, a in syn["algorithms"].items()])
 
 
+def seeds(spec: Spec) -> list[SeedUse]:
+    """The trials choose (on the spec's seed, and TRRS's re-evaluations on seeds of their
+    own); the final re-evaluation of the recommended point and the global optimum judges."""
+    s = spec.search
+    if not s.enabled:
+        return []
+    uses = [SeedUse("choose", spec.seed, "seed (the search's trials)")]
+    if s.algorithm == "trrs":
+        uses += [SeedUse("choose", r, "search.trrs.reeval_seeds (TRRS re-evaluates on "
+                         f"seed + 1000 + k = {r})")
+                 for r in reeval_seeds(spec.seed, s.trrs.reeval_seeds)]
+    return uses + [SeedUse("judge", r, f"search.reeval_seeds[{i}]")
+                   for i, r in enumerate(s.reeval_seeds)]
+
+
 STAGE = Stage(name="search", summary="per-module factors at the base model, from the global "
               "optimum", after=("select",), run=run, done=lambda study: study.search_best,
-              plan=plan, outputs=outputs, report=report, trains=True)
+              plan=plan, outputs=outputs, report=report, trains=True, seeds=seeds)
 
 __all__ = ["ALGORITHMS", "STAGE", "SearchSpec", "best_factors", "search_run", "search_space"]

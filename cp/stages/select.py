@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ..analysis import select_optimum
-from ..doc import fmt
+from ..doc import fmt, fmt_interval
 from ..study import Study, read_json, write_json
 from .base import Context, Outputs, ReportContext, Stage, StageFailed, StagePlan, base_outputs
-from .sweep import grid_points, sweep_tables
+from .sweep import sweep_tables
 
 if TYPE_CHECKING:
     from ..spec import Spec
@@ -21,8 +21,9 @@ class SelectSpec:
     """How the global optimum is picked from the base-model sweep."""
 
     method: Literal["argmin", "fit"] = "fit"
-    """``argmin`` of the seed-averaged loss, or ``fit``: the argmin, refined for each kind by a
-    quadratic fit of loss against log2(value) through the argmin and its grid neighbours."""
+    """``argmin`` of the seed-averaged loss, or ``fit``: for each kind, the optimum of the
+    grid line through the argmin by the estimator of `cp.estimate` (a local cubic in log2 of
+    the value), with its 95% interval over seeds."""
 
 
 def run(ctx: Context) -> dict:
@@ -38,14 +39,9 @@ def run(ctx: Context) -> dict:
         df = pl.read_parquet(study.sweep_table).filter(pl.col("axis") == "base")
         for table in sweep_tables(spec):
             sub = df.filter(pl.col("parameterisation") == table)
-            points = []
-            for point in grid_points(spec.sweeps.grid):
-                rows = sub.filter(pl.all_horizontal(pl.col(k) == v for k, v in point.items()))
-                losses = rows["loss"].to_list()
-                mean = sum(losses) / len(losses) if losses else math.inf
-                points.append({**point, "loss": mean})
+            rows = sub.select([*kinds, "seed", "loss"]).unique([*kinds, "seed"]).to_dicts()
             try:
-                selected[table] = select_optimum(points, kinds, spec.select.method)
+                selected[table] = select_optimum(rows, kinds, spec.select.method)
             except ValueError as e:
                 raise StageFailed(f"select: {table}: {e}") from None
             vals = ", ".join(f"{k}={v:.4g}" for k, v in selected[table]["values"].items())
@@ -71,15 +67,28 @@ def outputs(study: Study) -> Outputs:
     return out
 
 
+def _value_text(kind: str, value: float, found: dict) -> str:
+    i = found.get("intervals", {}).get(kind)
+    if i is None:
+        return f"{kind} = {fmt(value)}"
+    return f"{kind} = {fmt_interval(value, i['low'], i['high'])}"
+
+
 def report(rc: ReportContext) -> None:
     if not rc.study.select_file.exists():
         return
     selected = read_json(rc.study.select_file)
     rc.doc.h(1, "Global optimum at the base model")
-    rc.doc.table(["parameterisation", "values", "grid best loss", "method"],
-                 [[table, ", ".join(f"{k} = {fmt(v)}" for k, v in s["values"].items())
+    rc.doc.p("The base HPs every other stage starts from (these sweep seeds choose; no "
+             "judging run uses them). Intervals: 95%, over seeds, as in the transfer sweeps.")
+    rc.doc.table(["parameterisation", "values [95% CI]", "grid best loss", "method"],
+                 [[table, ", ".join(_value_text(k, v, s) for k, v in s["values"].items())
                    or "spec's hps", fmt(s["loss"]), s["method"]]
                   for table, s in selected.items()])
+    for table, s in selected.items():
+        for kind, value in s["values"].items():
+            i = s.get("intervals", {}).get(kind, {})
+            rc.found.metric(f"selected.{table}.{kind}", value, i.get("low"), i.get("high"))
 
 
 STAGE = Stage(name="select", summary="the global optimum per table (argmin, or a quadratic "

@@ -7,28 +7,42 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
 
 from ..analysis import (
     SHIFT_TOLERANCE,
     block_points,
+    compare_shifts,
     main_block,
     optima,
     optimum_shift,
+    seed_curves,
     seed_means,
     sweep_points,
     transfer_suboptimality,
 )
 from ..config import PlannedRun
-from ..doc import fmt
+from ..doc import fmt, fmt_interval
+from ..estimate import Optimum, SeedCurve
 from ..launch import launch
-from ..scaling import AXES, GROUP_SETS, GROUPS, HP_KINDS, check_hp_value, split_hp_key
+from ..scaling import (
+    AXES,
+    GROUP_SETS,
+    GROUPS,
+    HP_KINDS,
+    check_hp_value,
+    hp_value_allowed,
+    split_hp_key,
+)
 from ..schema import Problems, suggest
 from ..study import Study, read_json, write_parquet
 from .base import (
     Context,
     Outputs,
     ReportContext,
+    SeedUse,
     Stage,
     StagePlan,
     result_row,
@@ -36,6 +50,8 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from ..spec import Spec
 
 
@@ -107,6 +123,33 @@ class SweepBlock:
 
 
 @dataclass
+class RefineSpec:
+    """Adaptive sweeps: after the grid, rounds that add points near each curve's optimum until
+    its interval is narrow enough. New points are ordinary runs (hashed, cached, resumable,
+    tracked), tagged with their ``round``."""
+
+    rounds: int = 0
+    """Rounds after the grid (0: no refinement). Each round adds, to every curve whose
+    optimum's 95% interval is wider than ``width`` because the grid is coarse there, the
+    midpoints between its lowest point and its neighbours (halving the local spacing), and
+    one point beyond the grid where the lowest loss sits at the grid's edge."""
+    width: float = 0.5
+    """Target width (octaves) of an optimum's 95% interval; a curve narrower than this is not
+    refined further."""
+    min_spacing: float = 0.125
+    """Never refine below this spacing (octaves). A curve whose interval is limited by seed
+    noise, not by the spacing, is not refined either: more seeds would narrow it, not more
+    points."""
+    extend: bool = True
+    """Add a point one grid step beyond an edge where a curve's lowest loss sits."""
+
+    def check(self, at: str, problems: Problems) -> None:
+        problems.at_least(f"{at}.rounds", self.rounds, 0, "an integer >= 0")
+        problems.positive(f"{at}.width", self.width)
+        problems.positive(f"{at}.min_spacing", self.min_spacing)
+
+
+@dataclass
 class SweepSpec:
     """Global HP grids at the base model, and the same grid along the transfer axes."""
 
@@ -115,21 +158,31 @@ class SweepSpec:
     product is swept at the base model. Empty: no sweep, the spec's ``hps`` are the optimum.
     ``group.kind`` (``qk_norms.eps``) sweeps one group's or group set's own base value."""
     seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of every sweep point (losses are averaged over them)."""
+    """Seeds of every sweep point (losses are averaged over them; intervals need two or
+    more). These seeds choose: no judging run (targets, re-evaluations) may use them."""
     parameterisations: list[str] = field(default_factory=list)
-    """Tables swept besides the study's own (e.g. ``[sp]``), for side-by-side transfer curves
-    and for arms that use them."""
+    """Tables swept besides the study's own (e.g. ``[sp]``), for side-by-side transfer curves,
+    as controls (the report compares each with the study's table) and for arms that use
+    them."""
     axes: dict[str, list[int]] = field(default_factory=dict)
     """Transfer axes: ``width``, ``depth``, ``batch`` or ``tokens`` -> values of that field
     of the base model (the other fields stay). Each value gets the ``axes_kinds`` grid."""
     axes_kinds: list[str] = field(default_factory=lambda: ["lr"])
     """Grid kinds varied along the axes (others stay at the spec's ``hps``)."""
     extra: list[SweepBlock] = field(default_factory=list)
-    """More transfer sweeps, each with its own tables, axes and grid (ablations)."""
+    """More transfer sweeps, each with its own tables, axes and grid (ablations); the report
+    compares each block's first table with the others."""
+    tolerance: float = SHIFT_TOLERANCE
+    """Octaves per doubling of an axis the optimum may move for transfer to hold: the verdict
+    is "holds" when the shift's 95% interval lies inside +-tolerance, "fails" when it lies
+    outside, "cannot tell" otherwise."""
+    refine: RefineSpec = field(default_factory=RefineSpec)
+    """Adaptive refinement of the curves near their optima (single-kind curves)."""
 
     def check(self, at: str, spec: Spec, problems: Problems) -> None:
         check_grid(problems, f"{at}.grid", self.grid)
         problems.nonempty(f"{at}.seeds", self.seeds, "one or more seeds")
+        problems.unique(f"{at}.seeds", self.seeds, "seed")
         check_tables(problems, f"{at}.parameterisations", self.parameterisations, spec)
         check_axes(problems, f"{at}.axes", self.axes, spec)
         if self.axes and self.grid:  # without a grid there is nothing to sweep along them
@@ -144,6 +197,9 @@ class SweepSpec:
                 problems(f"{key}.name", f"block name {block.name!r} is taken",
                          "unique names other than 'main'")
             block.check(key, spec, problems)
+        problems.range(f"{at}.tolerance", self.tolerance, 0 < self.tolerance <= 2,
+                       "0 < tolerance <= 2 (octaves per doubling)")
+        self.refine.check(f"{at}.refine", problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,19 +275,165 @@ def plan(spec: Spec) -> StagePlan:
     runs = sweep_runs(spec)
     unique = {r.run_id: r for r in runs}
     shared = len(runs) - len(unique)
+    notes = [f"{shared} shared points"] if shared else []
+    refine = spec.sweeps.refine
+    if refine.rounds and runs:
+        # Each curve (one per table and scale, the base model's shared) gains at most two
+        # points a round, on each of its seeds.
+        curves = {(r.tags["block"], r.tags["parameterisation"], r.config.scale, len(fam.seeds))
+                  for fam in refinable(spec) for r in runs if r.tags["block"] == fam.block}
+        most = refine.rounds * 2 * sum(c[-1] for c in curves)
+        notes.append(f"+ up to {most} refinement runs in {refine.rounds} round(s)")
     return StagePlan("sweep", len(unique), sum(r.tokens for r in unique.values()),
-                     f"{shared} shared points" if shared else "")
+                     "; ".join(notes))
 
 
 def run(ctx: Context) -> list[dict]:
-    spec, study = ctx.spec, ctx.study
+    spec, study, echo = ctx.spec, ctx.study, ctx.echo
     runs = sweep_runs(spec)
     if not runs:
-        ctx.echo("[sweep] no grid in the spec: nothing to sweep")
-    results = launch(runs, study, spec.launcher, "sweep", ctx.on_result, ctx.echo)
+        echo("[sweep] no grid in the spec: nothing to sweep")
+    results = launch(runs, study, spec.launcher, "sweep", ctx.on_result, echo)
     rows = [result_row(pr, results[pr.run_id]) for pr in runs]
+    for round_ in range(1, spec.sweeps.refine.rounds + 1):
+        more = refinement_runs(spec, rows, round_)
+        if not more:
+            echo(f"[sweep] refinement: every curve's optimum is resolved as far as "
+                 f"sweeps.refine asks (round {round_} adds nothing)")
+            break
+        curves = len({(r.tags["block"], r.tags["parameterisation"], r.config.scale)
+                      for r in more})
+        echo(f"[sweep] refinement round {round_}: {len({r.run_id for r in more})} new runs "
+             f"near the optima of {curves} curve(s)")
+        results = launch(more, study, spec.launcher, "sweep", ctx.on_result, echo)
+        rows += [result_row(pr, results[pr.run_id]) for pr in more]
     write_parquet(study.sweep_table, rows)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Refinement.
+
+
+@dataclass(frozen=True)
+class Refinable:
+    """A family of curves refinement works on: one varying kind, in the main sweep or a
+    block, with the seeds of its points."""
+
+    block: str
+    kind: str
+    seeds: tuple[int, ...]
+
+
+def refinable(spec: Spec) -> list[Refinable]:
+    """The single-kind curve families: the main sweep's axes (when one kind varies along
+    them; the base grid too when it has one kind), and each block with a one-kind grid."""
+    out = []
+    sw = spec.sweeps
+    axes_kinds = [k for k in sw.axes_kinds if k in sw.grid]
+    if sw.grid and len(axes_kinds) == 1 and (sw.axes or len(sw.grid) == 1):
+        out.append(Refinable("main", axes_kinds[0], tuple(sw.seeds)))
+    out += [Refinable(b.name, next(iter(b.grid)), tuple(b.seeds))
+            for b in sw.extra if len(b.grid) == 1]
+    return out
+
+
+def base_axis_values(spec: Spec) -> dict[str, int]:
+    """Each swept axis's value at the base model (where the base grid sits on that axis)."""
+    return {axis: getattr(spec.models[spec.base], axis) for axis in spec.sweeps.axes}
+
+
+def fixed_values(spec: Spec) -> dict[str, float]:
+    """The values the other grid kinds are held at along a one-kind curve: the spec's hps."""
+    return {k: spec.hps.get(k) for k in spec.sweeps.grid}
+
+
+def family_points(spec: Spec, sweep: pl.DataFrame, fam: Refinable) -> pl.DataFrame:
+    """The rows of one curve family in `cp.analysis.sweep_points`'s shape."""
+    if fam.block == "main":
+        return sweep_points(main_block(sweep), base_axis_values(spec) or {"base": 0},
+                            fam.kind, fixed_values(spec))
+    return block_points(sweep, fam.block, fam.kind)
+
+
+def _new_values(curve: SeedCurve, refine: RefineSpec, kind: str) -> list[float]:
+    """log2 values to add to ``curve``: beyond an edge where its lowest loss sits, or the
+    midpoints beside its argmin while its optimum's interval is wider than asked because of
+    the grid's spacing."""
+    opt = curve.optimum()
+    if opt is None or len(opt.x) < 2:
+        return []
+    x, i = opt.x, opt.window.argmin
+    if opt.at_edge:
+        if not refine.extend:
+            return []
+        step = x[1] - x[0] if i == 0 else x[-1] - x[-2]
+        new = x[0] - step if i == 0 else x[-1] + step
+        return [new] if hp_value_allowed(kind, 2.0 ** new) is None else []
+    o = opt.log2_opt
+    if (o.known and o.width <= refine.width) or _below_noise(curve, opt):
+        return []
+    return [(x[i] + x[j]) / 2 for j in (i - 1, i + 1)
+            if 0 <= j < len(x) and abs(x[i] - x[j]) / 2 >= refine.min_spacing - 1e-9]
+
+
+def _below_noise(curve: SeedCurve, opt: Optimum) -> bool:
+    """Whether the argmin's neighbours are within twice the seed noise of the argmin's
+    seed-mean loss: the curve is flat at this spacing as far as the seeds can tell, so finer
+    points cannot place its optimum (more seeds can). One seed: no noise estimate, False."""
+    idx = curve.finite_points()
+    rows = curve.losses[:, idx]
+    n = rows.shape[0]
+    if n < 2:
+        return False
+    mean = curve.mean()[idx]
+    lo, hi, i = opt.window.lo, opt.window.hi, opt.window.argmin
+    sd = float(np.sqrt(np.nanmean(np.nanvar(rows[:, lo:hi + 1], axis=0, ddof=1))))
+    gaps = [mean[j] - mean[i] for j in (i - 1, i + 1) if 0 <= j < len(mean)]
+    return bool(gaps) and min(gaps) < 2 * sd / np.sqrt(n)
+
+
+def _snap(log2_value: float) -> float:
+    """An HP value from its log2, rounded to 12 significant digits (stable run ids)."""
+    return float(f"{2.0 ** log2_value:.12g}")
+
+
+def refinement_runs(spec: Spec, rows: list[dict], round_: int) -> list[PlannedRun]:
+    """The next round's runs: for every refinable curve that asks for points, its new points
+    on every seed of the curve, tagged as the grid's runs are (a point at the base model
+    serves every axis, as the base grid does)."""
+    import polars as pl
+
+    sweep = pl.DataFrame(rows, infer_schema_length=None)
+    kind_of = {k: split_hp_key(k)[1] for k in [*spec.sweeps.grid, *(k for b in
+                                                                    spec.sweeps.extra
+                                                                    for k in b.grid)]}
+    base = spec.models[spec.base]
+    runs = []
+    for fam in refinable(spec):
+        points = family_points(spec, sweep, fam)
+        if points.is_empty():
+            continue
+        wanted: dict[tuple[str, str, Any], set[float]] = {}
+        for (table, axis, value), curve in seed_curves(points, fam.kind).items():
+            new = _new_values(curve, spec.sweeps.refine, kind_of.get(fam.kind, fam.kind))
+            at_base = fam.block == "main" and value == base_axis_values(spec).get(axis)
+            where = (table, "base", None) if at_base or axis == "base" else (table, axis, value)
+            wanted.setdefault(where, set()).update(_snap(v) for v in new)
+        for (table, axis, value), values in wanted.items():
+            pcfg = spec.table_config(table)
+            scale = base if axis == "base" else dataclasses.replace(base, **{axis: value})
+            for v in sorted(values):
+                point = {**({k: spec.hps.get(k) for k in spec.sweeps.grid if k != fam.kind}
+                            if fam.block == "main" else {}), fam.kind: v}
+                for seed in fam.seeds:
+                    cfg = spec.run_config(spec.base, scale=scale, parameterisation=pcfg,
+                                          hps=spec.hps.with_values(point), seed=seed)
+                    runs.append(PlannedRun(cfg, {
+                        "stage": "sweep", "block": fam.block, "axis": axis,
+                        "axis_value": value, "parameterisation": table, "seed": seed,
+                        **point, "round": round_}))
+    return runs
 
 
 def outputs(study: Study) -> Outputs:
@@ -247,44 +449,38 @@ def report(rc: ReportContext) -> None:
     ablation_section(rc)
 
 
-def _transfer_verdict(kind: str, s: dict, sub: Optional[dict]) -> str:
-    axis, table, shift = s["axis"], s["parameterisation"], s["shift_per_doubling"]
-    span = f"{axis} {s['from_value']} to {s['to_value']}, {s['points']} points"
-    cost = ""
+def _shift_text(s: dict) -> str:
+    return fmt_interval(s["shift_per_doubling"], s["ci_low"], s["ci_high"], signed=True)
+
+
+def _transfer_claim(kind: str, s: dict, sub: Optional[dict], label: str = "") -> str:
+    """One verdict paragraph: what the data say about ``kind`` along an axis under a table
+    (``label`` heads it, e.g. the ablation block's name)."""
+    axis, table = s["axis"], s["parameterisation"]
+    span = (f"{axis} {s['from_value']} to {s['to_value']}, {s['points']} points, "
+            f"{s['seeds']} seed(s)")
+    head = {"holds": f"**{label}{kind} transfers across {axis} under {table}**",
+            "fails": f"**{label}{kind} does not transfer across {axis} under {table}**",
+            "cannot tell": f"**{label}{'c' if label else 'C'}annot tell whether {kind} "
+                           f"transfers across {axis} under {table}**"}[s["verdict"]]
+    moved = ("" if s["shift_per_doubling"] is None else
+             f": the optimum moves {_shift_text(s)} octaves per doubling of {axis} ({span})")
+    text = f"{head}{moved}; {s['why']} (tolerance ±{s['tolerance']:g})."
     if sub is not None and sub.get("suboptimality") is not None:
-        cost = (f" Transferring the base optimum to {axis} {sub['axis_value']} costs "
-                f"{sub['suboptimality']:.3f} nats of validation loss against that point's own "
-                "optimum.")
-    if s["holds"] is None:
-        if s["edges"]:
-            at = ", ".join(str(v) for v in s["edges"])
-            why = (f"the lowest loss at {axis} {at} is at the edge of the {kind} grid, so the "
-                   f"optimum may lie beyond it; widen sweeps.grid.{kind}")
-        else:
-            why = "fewer than two points have an optimum"
-        moved = ("" if shift is None else f" As measured, the optimum moves {shift:+.2f} "
-                 f"octaves per doubling of {axis} ({span}).")
-        return f"**Inconclusive: {kind} across {axis} under {table}**: {why}.{moved}{cost}"
-    if s["holds"]:
-        return (f"**{kind} transfers across {axis} under {table}**: the fitted optimum moves "
-                f"{shift:+.2f} octaves per doubling of {axis} ({fmt(s['opt_from'])} to "
-                f"{fmt(s['opt_to'])} over {span}), within the ±{SHIFT_TOLERANCE:g} tolerance."
-                + cost)
-    return (f"**{kind} does not transfer across {axis} under {table}**: the optimum moves "
-            f"{shift:+.2f} octaves per doubling of {axis} ({fmt(s['opt_from'])} to "
-            f"{fmt(s['opt_to'])} over {span}), beyond the ±{SHIFT_TOLERANCE:g} tolerance."
-            + cost)
-
-
-def _verdict_word(holds: Optional[bool]) -> str:
-    words: dict[Optional[bool], str] = {True: "holds", False: "does not hold"}
-    return words.get(holds, "inconclusive")
+        price = fmt_interval(sub["suboptimality"], sub["sub_low"], sub["sub_high"])
+        text += (f" Transferring the base optimum to {axis} {sub['axis_value']} costs {price} "
+                 "nats against that point's own optimum" +
+                 (": below what the seeds and grid resolve." if sub["resolved"] is False
+                  else "."))
+    return text
 
 
 def transfer_section(rc: ReportContext) -> None:
-    """Loss against each swept HP along each axis; optima, their shift, and the loss given up
-    by transferring. Leaves the suboptimality rows in ``rc.notes["suboptimality"]`` (a target
-    whose scale a sweep covered was tuned directly)."""
+    """Loss against each swept HP along each axis; optima and their shift per doubling with
+    95% intervals, verdicts, the comparison with every other swept table (the controls), the
+    loss given up by transferring, and the exponent that would have kept the optimum still.
+    Leaves the suboptimality rows in ``rc.notes["suboptimality"]`` (a target whose scale a
+    sweep covered was tuned directly)."""
     import polars as pl
 
     from ..plots import plot_optimum_shift, plot_transfer_curves
@@ -295,25 +491,28 @@ def transfer_section(rc: ReportContext) -> None:
     sweep = main_block(pl.read_parquet(study.sweep_table))
     selected = read_json(study.select_file) if study.select_file.exists() else {}
     kinds = [k for k in spec.sweeps.axes_kinds if k in spec.sweeps.grid]
-    base_values = {ax: getattr(spec.models[spec.base], ax) for ax in spec.sweeps.axes}
-    fixed = {k: spec.hps.get(k) for k in spec.sweeps.grid}
+    tol = spec.sweeps.tolerance
     doc.h(1, "Transfer sweeps")
     doc.p("Final validation loss against the base value of each swept HP at several points of "
           "each axis, the HPs transferred from the base model by each parameterisation. Where "
-          "transfer holds, the minima line up. Optima are quadratic fits of the seed-mean loss "
-          "in log2(HP) around the grid's argmin; the shift per doubling is the slope of "
-          "log2(optimum) against log2(axis value); the suboptimality is the loss at the base "
-          "optimum carried to that point, minus the loss at that point's own optimum (the "
-          "lowest value of the grid's interpolated loss curve; both read off that curve). At "
-          "the base model, where nothing is transferred, it shows how well the grid pins the "
-          "optimum down.")
+          "transfer holds, the minima line up. Each optimum is the minimum of a local cubic "
+          "through the lowest point of the seed-mean curve and two points on each side "
+          "(`cp.estimate`); its 95% interval is a jackknife over seeds (Student's t), widened "
+          "by a quarter of the local grid spacing for the grid's own resolution. The shift "
+          "per doubling is the slope of log2(optimum) against log2(axis value), with its "
+          f"interval from the same jackknife. Transfer **holds** when that interval lies inside "
+          f"±{tol:g} octaves per doubling (`sweeps.tolerance`), **fails** when it lies "
+          "outside, and otherwise the report **cannot tell** and says what would decide it. "
+          "The suboptimality is the loss at the base optimum carried to a point minus the "
+          "loss at that point's own optimum, both read off the same local fit.")
     all_sub: list[dict] = []
+    tables = sweep_tables(spec)
     for kind in kinds:
-        points = sweep_points(sweep, base_values, kind, fixed)
+        points = sweep_points(sweep, base_axis_values(spec), kind, fixed_values(spec))
         if points.is_empty():
             continue
         opt = optima(points, kind)
-        shifts = optimum_shift(opt)
+        shifts = optimum_shift(points, kind, tol)
         chosen = {t: s["values"][kind] for t, s in selected.items() if kind in s["values"]}
         sub = transfer_suboptimality(points, chosen, kind)
         sub_rows = sub.to_dicts() if not sub.is_empty() else []
@@ -321,45 +520,203 @@ def transfer_section(rc: ReportContext) -> None:
         means = seed_means(points, kind).to_dicts()
         for axis in spec.sweeps.axes:
             rows = [m for m in means if m["axis"] == axis]
-            marks = {(r["parameterisation"], r["axis_value"]): r["opt"]
+            marks = {(r["parameterisation"], r["axis_value"]): (r["opt"], r["opt_low"],
+                                                                r["opt_high"])
                      for r in opt.filter(pl.col("axis") == axis).to_dicts()}
             fig = study.report_figure(f"transfer_{axis}_{kind}")
             plot_transfer_curves(rows, axis, fig, kind=kind, optima=marks)
             doc.h(2, f"{kind} across {axis}")
-            doc.fig(fig, f"final loss against base {kind}, one line per {axis}, one panel per "
-                    "parameterisation")
-            doc.table(["parameterisation", axis, f"optimal {kind}", "fitted", "grid argmin",
-                       "loss at optimum", "loss at transferred", "suboptimality"],
-                      [[r["parameterisation"], str(r["axis_value"]), fmt(r["opt"]),
-                        "yes" if r["fitted"] else "no (argmin)", fmt(r["argmin"]),
-                        fmt(r["opt_loss"]), fmt(r["loss_transferred"]),
-                        fmt(r["suboptimality"], 3)]
+            doc.fig(fig, f"final loss against base {kind} (seed means; bars: lowest to highest "
+                    f"seed), one line per {axis}, one panel per parameterisation; dashed: "
+                    "the optimum, shaded: its 95% interval")
+            doc.table(["parameterisation", axis, f"optimal {kind} [95% CI]", "seeds",
+                       "loss at optimum", "loss at transferred", "suboptimality [95% CI]"],
+                      [[r["parameterisation"], str(r["axis_value"]),
+                        _opt_text(r), str(r["seeds"]), fmt(r["opt_loss"]),
+                        fmt(r["loss_transferred"]), _price_text(r)]
                        for r in sub_rows if r["axis"] == axis])
         fig = study.report_figure(f"optimum_shift_{kind}")
         plot_optimum_shift(opt.to_dicts(), shifts.to_dicts(), fig, kind)
         doc.h(2, f"Shift of the optimal {kind}")
-        doc.fig(fig, f"optimal {kind} against each axis (log-log): flat lines transfer")
-        doc.table(["parameterisation", "axis", "octaves per doubling", "points", "verdict"],
-                  [[s["parameterisation"], s["axis"], fmt(s["shift_per_doubling"], 3),
-                    str(s["points"]), _verdict_word(s["holds"])] for s in shifts.to_dicts()])
+        doc.fig(fig, f"optimal {kind} against each axis (log-log) with 95% intervals: flat "
+                "lines transfer")
+        doc.table(["parameterisation", "axis", "octaves per doubling [95% CI]", "verdict",
+                   "why"],
+                  [[s["parameterisation"], s["axis"], _shift_text(s), s["verdict"], s["why"]]
+                   for s in shifts.to_dicts()])
         for s in shifts.to_dicts():
             last = [r for r in sub_rows if r["parameterisation"] == s["parameterisation"]
                     and r["axis"] == s["axis"] and r["axis_value"] == s["to_value"]]
-            found.claim("transfer", _transfer_verdict(kind, s, last[0] if last else None),
+            found.claim("transfer", _transfer_claim(kind, s, last[0] if last else None),
                         kind=kind, axis=s["axis"], parameterisation=s["parameterisation"],
-                        shift_per_doubling=s["shift_per_doubling"], holds=s["holds"],
+                        shift_per_doubling=s["shift_per_doubling"], ci_low=s["ci_low"],
+                        ci_high=s["ci_high"], verdict=s["verdict"], tolerance=tol,
                         suboptimality=last[0]["suboptimality"] if last else None)
             found.metric(f"shift.{kind}.{s['axis']}.{s['parameterisation']}",
-                         s["shift_per_doubling"])
+                         s["shift_per_doubling"], s["ci_low"], s["ci_high"])
             if last:
                 found.metric(f"suboptimality.{kind}.{s['axis']}.{s['parameterisation']}",
-                             last[0]["suboptimality"])
+                             last[0]["suboptimality"], last[0]["sub_low"],
+                             last[0]["sub_high"])
+        comparisons_section(rc, points, kind, list(spec.sweeps.axes), tables[0], tables[1:])
+        rules_section(rc, shifts, kind)
     rc.notes["suboptimality"] = all_sub
+
+
+def _opt_text(r: dict) -> str:
+    if r["opt"] is None:
+        return "-"
+    if r["at_edge"]:
+        return f"{fmt(r['opt'])} (at the grid's edge: may lie beyond)"
+    return fmt_interval(r["opt"], r["opt_low"], r["opt_high"]) if r["opt_low"] is not None \
+        else f"{fmt(r['opt'])} (one seed)"
+
+
+def _price_text(r: dict) -> str:
+    if r.get("suboptimality") is None:
+        return "-"
+    text = fmt_interval(r["suboptimality"], r["sub_low"], r["sub_high"])
+    return text if r["resolved"] or r["sub_low"] is None else f"{text}: below resolution"
+
+
+def comparisons_section(rc: ReportContext, points: pl.DataFrame, kind: str, axes: list[str],
+                        table: str, controls: list[str]) -> None:
+    """``table`` against each control along each axis, paired over seeds: which keeps the
+    optimum stiller, with the interval of the difference of their |shifts|."""
+    rows = []
+    for axis in axes:
+        for control in controls:
+            c = compare_shifts(points, kind, axis, table, control)
+            if c is None:
+                continue
+            diff = fmt_interval(c["difference"], c["ci_low"], c["ci_high"], signed=True)
+            rows.append([axis, f"{table} vs {control}", diff, c["verdict"]])
+            text = (f"**{kind} along {axis}, {table} against the control {control}**: the "
+                    f"absolute shifts differ by {diff} octaves per doubling (negative: "
+                    f"{table} is stiller; paired over {c['seeds']} seed(s)): "
+                    + ("cannot tell which keeps the optimum stiller; more seeds or a wider "
+                       f"range of {axis} would." if c["verdict"] == "cannot tell"
+                       else f"{c['verdict']}."))
+            rc.found.claim("comparison", text, kind=kind, axis=axis, table=table,
+                           control=control, difference=c["difference"], ci_low=c["ci_low"],
+                           ci_high=c["ci_high"], verdict=c["verdict"])
+            rc.found.metric(f"compare.{kind}.{axis}.{table}.vs.{control}", c["difference"],
+                            c["ci_low"], c["ci_high"])
+    if rows:
+        rc.doc.h(2, f"Against the controls ({kind})")
+        rc.doc.p("Each table against the same study without its rules (a control): the "
+                 "difference of the absolute shifts per doubling, paired over seeds (leave "
+                 "one seed out of both). Negative: the first table keeps the optimum stiller.")
+        rc.doc.table(["axis", "comparison", "difference of absolute shifts [95% CI]",
+                      "verdict"], rows)
+
+
+def fitted_rules(spec: Spec, shifts: pl.DataFrame, kind: str) -> list[dict[str, Any]]:
+    """For each (table, axis) of ``shifts``: the exponent that would have kept the optimum of
+    ``kind`` still, per group, as the table's exponent plus the measured shift (with its
+    interval). ``kind`` may be ``group.kind``: then only that group set's rule."""
+    from ..scaling import expand_groups
+
+    group_set, base_kind = split_hp_key(kind)
+    out = []
+    for s in shifts.to_dicts():
+        if s["shift_per_doubling"] is None:
+            continue
+        table = spec.table_config(s["parameterisation"]).build()
+        groups = expand_groups([group_set]) if group_set else list(GROUPS)
+        for g in groups:
+            now = table.rule(g, base_kind).values(table.alpha)[s["axis"]]
+            out.append({"table": table.name, "axis": s["axis"], "kind": base_kind,
+                        "group": g, "exponent": now,
+                        "fitted": now + s["shift_per_doubling"],
+                        "ci_low": None if s["ci_low"] is None else now + s["ci_low"],
+                        "ci_high": None if s["ci_high"] is None else now + s["ci_high"],
+                        "verdict": s["verdict"]})
+    return out
+
+
+def study_fitted_rules(spec: Spec, study: Study) -> list[dict[str, Any]]:
+    """`fitted_rules` of every swept kind along every axis of the study: the main sweep's
+    axes and the extra blocks'."""
+    import polars as pl
+
+    if not study.sweep_table.exists():
+        return []
+    sweep = pl.read_parquet(study.sweep_table)
+    tol = spec.sweeps.tolerance
+    rows: list[dict[str, Any]] = []
+    if spec.sweeps.axes:
+        for kind in (k for k in spec.sweeps.axes_kinds if k in spec.sweeps.grid):
+            points = sweep_points(main_block(sweep), base_axis_values(spec), kind,
+                                  fixed_values(spec))
+            if not points.is_empty():
+                rows += fitted_rules(spec, optimum_shift(points, kind, tol), kind)
+    for block in spec.sweeps.extra:
+        for kind in block.grid:
+            points = block_points(sweep, block.name, kind)
+            if not points.is_empty():
+                rows += fitted_rules(spec, optimum_shift(points, kind, tol), kind)
+    return rows
+
+
+def fitted_rules_yaml(rows: list[dict[str, Any]], table: str, source: str) -> str:
+    """The fitted exponents of ``table`` as a ``tables:`` block ready for a spec (groups with
+    equal exponents share a line), each commented with its interval."""
+    mine = [r for r in rows if r["table"] == table]
+    lines = [f"# Fitted from {source}: per axis, the exponent that would have kept each",
+             "# swept optimum still = the table's exponent + the measured shift per doubling",
+             "# [95% CI]. Rules whose shift holds within the tolerance need no change.",
+             "tables:", f"  {table}_fitted:", f"    base: {table}", "    rules:"]
+    by: dict[tuple, list[str]] = {}
+    for r in mine:
+        by.setdefault((r["kind"], r["axis"], round(r["fitted"], 4), r["verdict"],
+                       r["exponent"], r["ci_low"], r["ci_high"]), []).append(r["group"])
+    for (kind, axis, fitted, word, now, lo, hi), groups in by.items():
+        ci = "no interval" if lo is None else f"95% CI [{lo:+.3f}, {hi:+.3f}]"
+        for g in _as_group_sets(groups):
+            lines.append(f"      {g}: {{{kind}: {{{axis}: {fitted:.4g}}}}}   # was {now:+.3g}; "
+                         f"{ci}; shift {word}")
+    return "\n".join(lines) + "\n"
+
+
+def _as_group_sets(groups: list[str]) -> list[str]:
+    """``groups`` named by the largest group sets they fill (``hidden``, ``gains``...), the
+    rest one by one."""
+    left, out = list(groups), []
+    for name, members in sorted(GROUP_SETS.items(), key=lambda kv: -len(kv[1])):
+        if len(members) > 1 and all(m in left for m in members):
+            out.append(name)
+            left = [g for g in left if g not in members]
+    return out + left
+
+
+def rules_section(rc: ReportContext, shifts: pl.DataFrame, kind: str) -> None:
+    """The exponents the data want, for the study's table (`cpt fit-rules` prints them as a
+    ``tables:`` block)."""
+    table = rc.spec.parameterisation.name
+    rows = [r for r in fitted_rules(rc.spec, shifts, kind) if r["table"] == table]
+    if not rows:
+        return
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        seen.setdefault((r["axis"], r["exponent"]), r)
+    rc.doc.h(2, f"The {kind} exponents the data want ({table})")
+    rc.doc.p(f"Per axis, the exponent of {kind} that would have kept the optimum still: the "
+             "table's exponent plus the measured shift per doubling (the same for every group "
+             f"with that exponent). `cpt fit-rules {rc.study.root}` prints them as a ready "
+             "`tables:` override.")
+    rc.doc.table(["axis", "groups' exponent now", "fitted [95% CI]", "shift verdict"],
+                 [[r["axis"], f"{r['exponent']:+.3g}",
+                   fmt_interval(r["fitted"], r["ci_low"], r["ci_high"], signed=True),
+                   r["verdict"]] for r in seen.values()])
+    for r in seen.values():
+        rc.found.metric(f"fitted_exponent.{kind}.{r['axis']}.{table}.{r['group']}",
+                        r["fitted"], r["ci_low"], r["ci_high"])
 
 
 def ablation_section(rc: ReportContext) -> None:
     """Each extra sweep block: the swept HP's optimum along the block's axis under each of its
-    tables, and which table keeps it stiller (the smaller shift per doubling)."""
+    tables, with intervals and verdicts, and the block's first table against the others."""
     import polars as pl
 
     from ..plots import plot_transfer_curves
@@ -368,61 +725,57 @@ def ablation_section(rc: ReportContext) -> None:
     if not spec.sweeps.extra or not study.sweep_table.exists():
         return
     sweep = pl.read_parquet(study.sweep_table)
+    tol = spec.sweeps.tolerance
     doc.h(1, "Ablations")
     doc.p("Each block sweeps the HP a rule governs along the axis the rule is about, under "
           "tables with and without the rule. A rule that is right keeps the optimum still: "
-          "its optimum moves fewer octaves per doubling of the axis.")
+          "its optimum moves fewer octaves per doubling of the axis. The block's first table "
+          "is compared with each of the others, paired over seeds.")
     for block in spec.sweeps.extra:
         for kind in block.grid:
             points = block_points(sweep, block.name, kind)
             if points.is_empty():
                 continue
             opt = optima(points, kind)
-            shifts = optimum_shift(opt).to_dicts()
+            shifts = optimum_shift(points, kind, tol)
             means = seed_means(points, kind).to_dicts()
             for axis in block.axes:
-                marks = {(r["parameterisation"], r["axis_value"]): r["opt"]
+                marks = {(r["parameterisation"], r["axis_value"]): (r["opt"], r["opt_low"],
+                                                                    r["opt_high"])
                          for r in opt.filter(pl.col("axis") == axis).to_dicts()}
                 fig = study.report_figure(f"ablation_{block.name}_{kind}_{axis}")
                 plot_transfer_curves([m for m in means if m["axis"] == axis], axis, fig,
                                      kind=kind, optima=marks)
                 doc.h(2, f"{block.name}: {kind} across {axis}")
                 doc.fig(fig, f"final loss against base {kind}, one line per {axis}, one panel "
-                        "per table")
-            doc.table(["table", "axis", "octaves per doubling", "points", "verdict"],
-                      [[s["parameterisation"], s["axis"], fmt(s["shift_per_doubling"], 3),
-                        str(s["points"]), _verdict_word(s["holds"])] for s in shifts])
-            for axis in block.axes:
-                mine = [s for s in shifts if s["axis"] == axis]
-                found.claim("ablation", _ablation_verdict(block.name, kind, axis, mine),
-                            block=block.name, kind=kind, axis=axis,
-                            shifts={s["parameterisation"]: s["shift_per_doubling"]
-                                    for s in mine})
-                for s in mine:
-                    found.metric(f"ablation.{block.name}.{s['parameterisation']}",
-                                 s["shift_per_doubling"])
+                        "per table; dashed: the optimum, shaded: its 95% interval")
+            doc.table(["table", "axis", "octaves per doubling [95% CI]", "verdict", "why"],
+                      [[s["parameterisation"], s["axis"], _shift_text(s), s["verdict"],
+                        s["why"]] for s in shifts.to_dicts()])
+            for s in shifts.to_dicts():
+                found.metric(f"ablation.{block.name}.{s['parameterisation']}",
+                             s["shift_per_doubling"], s["ci_low"], s["ci_high"])
+                found.claim("ablation", _transfer_claim(kind, s, None,
+                                                        f"Ablation {block.name}: "),
+                            block=block.name, kind=kind, axis=s["axis"],
+                            parameterisation=s["parameterisation"],
+                            shift_per_doubling=s["shift_per_doubling"], ci_low=s["ci_low"],
+                            ci_high=s["ci_high"], verdict=s["verdict"])
+            comparisons_section(rc, points, kind, list(block.axes), block.parameterisations[0],
+                                block.parameterisations[1:])
 
 
-def _ablation_verdict(block: str, kind: str, axis: str, shifts: list[dict]) -> str:
-    parts = ", ".join(f"{s['parameterisation']} {fmt(s['shift_per_doubling'], 3)}"
-                      + (" (inconclusive: optimum at the grid's edge)" if s["inconclusive"]
-                         else "") for s in shifts)
-    judged = [s for s in shifts if s["shift_per_doubling"] is not None
-              and not s["inconclusive"]]
-    head = f"**Ablation {block}** ({kind} along {axis}; octaves per doubling): {parts}."
-    if len(judged) < 2:
-        return head + " Too few conclusive optima to say which table keeps it stiller."
-    best = min(judged, key=lambda s: abs(s["shift_per_doubling"]))
-    rest = [s for s in judged if s is not best]
-    margin = min(abs(s["shift_per_doubling"]) for s in rest) - abs(best["shift_per_doubling"])
-    if margin < 0.1:
-        return head + (f" The shifts differ by {margin:.2f} octaves per doubling: within what "
-                       "a coarse grid and seed noise can tell apart, the rule makes no "
-                       "difference here.")
-    return head + f" **{best['parameterisation']}** keeps the optimum stillest."
+def seeds(spec: Spec) -> list[SeedUse]:
+    """Every sweep chooses: the optimum it finds is what the study transfers."""
+    uses = [SeedUse("choose", s, f"sweeps.seeds[{i}]") for i, s in enumerate(spec.sweeps.seeds)
+            ] if spec.sweeps.grid else []
+    for b, block in enumerate(spec.sweeps.extra):
+        uses += [SeedUse("choose", s, f"sweeps.extra[{b}].seeds[{i}]")
+                 for i, s in enumerate(block.seeds)]
+    return uses
 
 
 STAGE = Stage(name="sweep", summary="the sweeps.grid at the base model, the same grid along "
               "sweeps.axes for each table, and the sweeps.extra blocks", after=("check",),
               run=run, done=lambda study: study.sweep_table, plan=plan, outputs=outputs,
-              report=report, trains=True)
+              report=report, trains=True, seeds=seeds)

@@ -64,17 +64,36 @@ def check_arms(at: str, arms: list[ArmSpec], spec: Spec, problems: Problems) -> 
 
 @dataclass
 class TargetsSpec:
-    """Which models the transferred HPs are trained on."""
+    """Which models the transferred HPs are trained on, and whether each is also tuned
+    directly."""
 
     models: list[str] = field(default_factory=list)
     """Model names; empty: every model but the base."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds of every (target, arm)."""
+    seeds: list[int] = field(default_factory=lambda: [1, 2])
+    """Seeds of every (target, arm). They judge (the speedups; two or more give an
+    interval), so no choosing run (sweeps, search trials, the target sweep) may use them."""
+    sweep: dict[str, list[float]] = field(default_factory=dict)
+    """Grid swept at each target to tune it directly: HP kind -> base values (as
+    ``sweeps.grid``), the other HPs as the global arm has them. The report then gives the
+    target's own optimum against the transferred one, the price of transferring there, and
+    the speedups against the best global setting at the target: an arm ``global_tuned``,
+    the global arm at the target's own optimum, trained on ``seeds``."""
+    sweep_seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of the target sweep. They choose (the target's optimum), so they must differ
+    from ``seeds``."""
 
     def check(self, at: str, spec: Spec, problems: Problems) -> None:
+        from .sweep import check_grid
+
         for i, name in enumerate(self.models):
             problems.choice(f"{at}.models[{i}]", name, spec.models, "model")
+        problems.unique(f"{at}.models", self.models, "model")
         problems.nonempty(f"{at}.seeds", self.seeds, "one or more seeds")
+        problems.unique(f"{at}.seeds", self.seeds, "seed")
+        check_grid(problems, f"{at}.sweep", self.sweep)
+        if self.sweep:
+            problems.nonempty(f"{at}.sweep_seeds", self.sweep_seeds, "one or more seeds")
+            problems.unique(f"{at}.sweep_seeds", self.sweep_seeds, "seed")
         base = spec.models.get(spec.base)
         if base is None:
             return
@@ -104,7 +123,7 @@ def arm_run(spec: Spec, arm: ArmSpec, model: str, seed: int, selected: dict[str,
                              "which are not available (run the search stage first)")
         factors = searched
     cfg = spec.run_config(model, parameterisation=spec.table_config(table), hps=hps,
-                          factors=factors, seed=seed)
+                          factors=factors, seed=seed, stream="judge")
     return PlannedRun(cfg, {"stage": "target", "model": model, "arm": arm.name,
                             "parameterisation": table, "seed": seed})
 

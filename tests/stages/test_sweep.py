@@ -1,6 +1,7 @@
 """The sweep stage: its plan covers the grid for each table and axis, identical runs share an
 id, extra blocks sweep their own tables; a diverged point is a recorded result."""
 
+import json
 import math
 
 import pytest
@@ -76,3 +77,43 @@ def test_a_diverged_sweep_point_is_recorded_and_the_optimum_ignores_it(tmp_path)
     assert by_lr[0.01]["status"] == "completed"
     selected = run_stage("select", spec, study, echo=quiet)
     assert 0.003 <= selected["completed_p"]["values"]["lr"] <= 0.03
+
+
+def test_refinement_adds_points_beside_each_optimum_and_resumes_without_retraining(tmp_path):
+    spec = smoke_spec(sweeps__grid={"lr": [0.0025, 0.01, 0.04]}, sweeps__seeds=[0, 5],
+                      sweeps__parameterisations=[], sweeps__refine={"rounds": 1, "width": 0.1,
+                                                                    "min_spacing": 0.25},
+                      tracking={"enabled": False})
+    study = Study(tmp_path / "s")
+    rows = run_stage("sweep", spec, study, echo=quiet)
+    added = [r for r in rows if r.get("round") == 1]
+    assert added, "no refinement run"
+    grid = spec.sweeps.grid["lr"]
+    for r in added:  # midpoints (in log2) beside the curve's lowest point, or one grid step out
+        assert r["lr"] not in grid
+        octaves = sorted(abs(math.log2(r["lr"] / v)) for v in grid)
+        assert octaves[0] == pytest.approx(1.0) or octaves[0] == pytest.approx(2.0)
+    assert {r["seed"] for r in added} == {0, 5}
+    again = run_stage("sweep", spec, study, echo=quiet)
+    assert len(again) == len(rows)
+    for run_dir in study.runs_dir.iterdir():           # nothing trained twice
+        assert study.run(run_dir.name).events.read_text().count('"finish"') == 1
+
+
+def test_a_study_with_two_seeds_reports_intervals_beside_its_numbers(tmp_path):
+    spec = smoke_spec(sweeps__seeds=[0, 5], search__enabled=False,
+                      arms=[{"name": "global"}], tracking={"enabled": False})
+    study = Study(tmp_path / "s")
+    for stage in ("sweep", "select", "report"):
+        run_stage(stage, spec, study, echo=quiet)
+    metrics = json.loads(study.report_summary.read_text())["metrics"]
+    shifts = [k for k in metrics if k.startswith("shift.") and not k.endswith(("_low",
+                                                                                "_high"))]
+    assert shifts
+    for k in shifts:
+        if not any(k2.startswith(f"{k}.ci") for k2 in metrics):
+            continue  # an optimum at the grid's edge: no interval, and the report says so
+        assert metrics[f"{k}.ci_low"] <= metrics[k] <= metrics[f"{k}.ci_high"]
+    claims = json.loads(study.report_summary.read_text())["claims"]
+    transfer = [c for c in claims if c["claim"] == "transfer"]
+    assert transfer and all(c["verdict"] in ("holds", "fails", "cannot tell") for c in transfer)
