@@ -352,14 +352,14 @@ def verdict(s: Shift, tolerance: float) -> tuple[str, str]:
         return "cannot tell", "fewer than two points of the axis have an optimum"
     if not i.known:
         return "cannot tell", (f"one seed gives no interval; sweep two or more seeds "
-                               f"(sweeps.seeds) to judge the shift against +-{tolerance:g}")
+                               f"(sweeps.seeds) to judge the shift against ±{tolerance:g}")
     if i.low >= -tolerance and i.high <= tolerance:  # type: ignore[operator]
-        return "holds", f"its 95% interval lies inside +-{tolerance:g}"
+        return "holds", f"its 95% interval lies inside ±{tolerance:g} (sweeps.tolerance)"
     if i.low > tolerance or i.high < -tolerance:  # type: ignore[operator]
-        return "fails", f"its 95% interval lies outside +-{tolerance:g}"
+        return "fails", f"its 95% interval lies outside ±{tolerance:g} (sweeps.tolerance)"
     need = ("more seeds" if i.limited_by() == "seeds" else
             "grid points closer to the optimum (sweeps.refine)")
-    return "cannot tell", (f"its 95% interval straddles +-{tolerance:g}; {need}, or a wider "
+    return "cannot tell", (f"its 95% interval straddles ±{tolerance:g} (sweeps.tolerance); {need}, or a wider "
                            f"range than {span}, would narrow it")
 
 

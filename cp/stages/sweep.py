@@ -465,7 +465,7 @@ def _transfer_claim(kind: str, s: dict, sub: Optional[dict], label: str = "") ->
                            f"transfers across {axis} under {table}**"}[s["verdict"]]
     moved = ("" if s["shift_per_doubling"] is None else
              f": the optimum moves {_shift_text(s)} octaves per doubling of {axis} ({span})")
-    text = f"{head}{moved}; {s['why']} (tolerance ±{s['tolerance']:g})."
+    text = f"{head}{moved}; {s['why']}."
     if sub is not None and sub.get("suboptimality") is not None:
         price = fmt_interval(sub["suboptimality"], sub["sub_low"], sub["sub_high"])
         text += (f" Transferring the base optimum to {axis} {sub['axis_value']} costs {price} "
