@@ -359,8 +359,8 @@ def verdict(s: Shift, tolerance: float) -> tuple[str, str]:
         return "fails", f"its 95% interval lies outside ±{tolerance:g} (sweeps.tolerance)"
     need = ("more seeds" if i.limited_by() == "seeds" else
             "grid points closer to the optimum (sweeps.refine)")
-    return "cannot tell", (f"its 95% interval straddles ±{tolerance:g} (sweeps.tolerance); {need}, or a wider "
-                           f"range than {span}, would narrow it")
+    return "cannot tell", (f"its 95% interval straddles ±{tolerance:g} (sweeps.tolerance); "
+                           f"{need}, or a wider range than {span}, would narrow it")
 
 
 def compare_shifts(points: pl.DataFrame, kind: str, axis: str, table: str,
