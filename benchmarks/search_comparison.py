@@ -110,12 +110,13 @@ def real_part(args: argparse.Namespace, spec: Spec) -> dict[str, Any]:
         "kinds": list(spec.search.kinds), "radius": space.radius, "parallel": parallel,
         "explore_seed": explore_seed, "budget": args.trials, "start_hps": start_hps,
         "search_seeds": list(args.search_seeds), "eval_seeds": list(args.eval_seeds),
-        "trrs_reeval_seeds": TRRS(space, 0, explore_seed, trrs).reeval_seed_list, "runs": {}}
+        "trrs_reeval_seeds": TRRS(space, 0, explore_seed, trrs).reeval_seed_list}
     with runner:
         start = train([(space.center(), explore_seed)], {"purpose": "start"})[0]
-        for name in args.algorithms:
-            out["runs"][name] = []
-            for seed in args.search_seeds:
+        out["runs"] = {name: [] for name in args.algorithms}
+        # Seed by seed, every contender: a run stopped early still compares them all.
+        for seed in args.search_seeds:
+            for name in args.algorithms:
                 t0 = time.time()
                 searcher = make_contender(
                     name, space, seed, explore_seed, trrs,
@@ -229,7 +230,7 @@ def main() -> None:
                     help="seeds of the searches on the proxy (one search each)")
     ap.add_argument("--eval-seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="fresh training seeds of the final recommended points")
-    ap.add_argument("--synthetic-trials", type=int, default=400)
+    ap.add_argument("--synthetic-trials", type=int, default=512)
     ap.add_argument("--synthetic-seeds", type=int, default=12)
     ap.add_argument("--synthetic-only", action="store_true")
     ap.add_argument("--results", default="results")
@@ -237,7 +238,17 @@ def main() -> None:
                     help="also write the section to this Markdown file, its figures to a "
                     "folder of the same name beside it")
     ap.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="run nothing: write --out again from the numbers of an earlier run "
+                    "(its search_comparison.json)")
     args = ap.parse_args()
+    if args.render:
+        if not args.out:
+            ap.error("--render needs --out")
+        data = read_json(Path(args.render))
+        data["rendered"] = "python benchmarks/search_comparison.py " + " ".join(sys.argv[1:])
+        write_page(data, Path(args.out))
+        return
 
     t0 = time.time()
     load_before = os.getloadavg()[0]
@@ -266,20 +277,23 @@ def main() -> None:
         write_json(study.search_comparison, data)
         print(f"[bench] numbers in {study.search_comparison}")
     if args.out:
-        out = Path(args.out)
-        figures = {"synthetic": plot_progress(
-            data["synthetic"]["runs"], data["synthetic"]["budget"],
-            out.with_suffix("") / "synthetic.png", "synthetic landscape")}
-        if "real" in data:
-            r = data["real"]
-            figures["real"] = plot_progress(r["runs"], r["budget"],
-                                            out.with_suffix("") / "proxy.png",
-                                            f"{r['spec']} proxy (in-sample)", r["start"],
-                                            r["optimum"])
-        doc = Doc("Search algorithms compared")
-        comparison_section(doc, data, level=1, figures=figures)
-        write_text(out, doc.markdown(out.parent))
-        print(f"[bench] written to {out}")
+        write_page(data, Path(args.out))
+
+
+def write_page(data: dict[str, Any], out: Path) -> None:
+    """The Markdown page at ``out``, its figures in the folder of the same name beside it."""
+    figures = {"synthetic": plot_progress(
+        data["synthetic"]["runs"], data["synthetic"]["budget"],
+        out.with_suffix("") / "synthetic.png", "synthetic landscape")}
+    r = data.get("real")
+    if r and r["start"] > r["optimum"]:  # else nothing beat the start: no gap to draw
+        figures["real"] = plot_progress(r["runs"], r["budget"], out.with_suffix("") / "proxy.png",
+                                        f"{r['spec']} proxy (in-sample)", r["start"],
+                                        r["optimum"])
+    doc = Doc("Search algorithms compared")
+    comparison_section(doc, data, level=1, figures=figures)
+    write_text(out, doc.markdown(out.parent))
+    print(f"[bench] written to {out}")
 
 
 if __name__ == "__main__":

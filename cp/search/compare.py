@@ -332,7 +332,9 @@ def comparison_section(doc: Doc, data: Mapping[str, Any], level: int = 1,
     busy = (f"; load average {load[0]:.1f} at the start and {load[1]:.1f} at the end"
             if load else "")
     doc.p(f"Run {data['date']} on {data['machine']}, commit {data['commit']}, by "
-          f"`{data['command']}` ({data['wall_min']:.0f} min wall time{busy}).")
+          f"`{data['command']}` ({data['wall_min']:.0f} min wall time{busy})"
+          + (f"; this page written again from its numbers by `{data['rendered']}`."
+             if data.get("rendered") else "."))
     doc.p("Every contender gets the same budget of trials (training runs, re-evaluations "
           "included) and starts at the global optimum (every factor 1). Progress is the "
           "fraction of the gap between that start point and the optimum closed by the point "
@@ -361,8 +363,8 @@ def _reach_table(doc: Doc, runs: Mapping[str, Sequence[Mapping[str, Any]]],
                      f"{sum(r['improved'] for r in rs)}/{explored}",
                      f"{sum(r['diverged'] for r in rs)}/{explored}"])
     doc.table(["contender", *(f"{f:.0%} of the gap" for f in fractions),
-               *(f"n={b}" for b in budgets), "trials better than the start",
-               "trials diverged"], rows)
+               *(f"n={b}" for b in budgets), "explored trials better than the start",
+               "explored trials diverged"], rows)
 
 
 def _reading(runs: Mapping[str, Sequence[Mapping[str, Any]]], fractions: Sequence[float],

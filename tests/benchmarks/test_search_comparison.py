@@ -64,3 +64,15 @@ def test_the_proxy_part_evaluates_recommended_points_on_seeds_no_search_used(tmp
     assert "## Per-module search of the `smoke` proxy" in md
     assert "trained on seeds [7], which no contender searched with" in md
     assert (tmp_path / "search-comparison" / "proxy.png").exists()
+
+
+def test_the_page_can_be_written_again_from_an_earlier_runs_numbers(tmp_path):
+    fixture = ROOT / "tests" / "search" / "data" / "search_comparison.json"
+    out = tmp_path / "page.md"
+    done = bench("--render", str(fixture), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    md = out.read_text()
+    assert "by `python benchmarks/search_comparison.py --out docs/search-comparison.md`" in md
+    assert "this page written again from its numbers by `python " in md
+    assert "| trrs | 4/4: 6 (4–8) |" in md
+    assert (tmp_path / "page" / "proxy.png").exists()
