@@ -500,6 +500,13 @@ def _real(doc: Doc, real: Mapping[str, Any], fractions: Sequence[float], level: 
     _fresh(doc, real, found)
 
 
+def _stdev(values: Sequence[float]) -> float:
+    """The sample standard deviation; nan with fewer than 2 values or a diverged one."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return math.nan
+    return statistics.stdev(values)
+
+
 def _fresh(doc: Doc, real: Mapping[str, Any], found: Optional[Findings]) -> None:
     """Each final recommended point on the fresh seeds, against the start point there."""
     runs, base = real["runs"], real["start_fresh"]
@@ -509,14 +516,14 @@ def _fresh(doc: Doc, real: Mapping[str, Any], found: Optional[Findings]) -> None
           f"trained on seeds {eval_seeds}, which no contender searched with. Gain = the start "
           "point's mean loss minus the recommended point's, over those seeds (positive: "
           f"better than the global optimum; the start point's mean is {fmt(base_mean)}, seed "
-          f"spread {fmt(statistics.stdev(base) if len(base) > 1 else 0.0, 2)}).")
+          f"spread {fmt(_stdev(base), 2)}).")
 
     def gain(r: Mapping[str, Any]) -> float:
         return base_mean - statistics.fmean(r["fresh"])
 
     def noise(r: Mapping[str, Any]) -> float:
         diffs = [b - v for b, v in zip(base, r["fresh"], strict=True)]
-        return statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+        return _stdev(diffs) / math.sqrt(len(diffs))
 
     rows, gains = [], {}
     for name, rs in runs.items():

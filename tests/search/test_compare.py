@@ -149,3 +149,10 @@ def test_the_report_takes_the_section_and_its_claim_through_the_stage():
 def test_a_comparison_from_an_older_benchmark_is_named_not_misread():
     md = render({"date": "2026-11-22", "real": {"algorithms": {}}})
     assert "older version of benchmarks/search_comparison.py" in md
+
+
+def test_a_recommended_point_that_diverges_on_a_fresh_seed_is_shown_as_diverged():
+    data = json.loads(FIXTURE.read_text())
+    data["real"]["runs"]["trrs"][0]["fresh"][1] = math.inf
+    md = render(data)
+    assert "| trrs | 0.1000 (diverged to 0.1500) | 2/3 |" in md
