@@ -194,11 +194,13 @@ def plot_progress(runs: dict[str, list[dict[str, Any]]], budget: int, path: Path
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ns = list(range(1, budget + 1))
+    lowest = 0.0
     for name, rs in runs.items():
         curves = [[closed_after(r["trace"], r.get("start", start), r.get("optimum", optimum), n)
                    for n in ns] for r in rs]
         clip = [[max(v, -0.5) for v in c] for c in curves]
         med = [statistics.median(col) for col in zip(*clip, strict=True)]
+        lowest = min(lowest, *(min(c) for c in clip))
         line, = ax.plot(ns, med, label=name)
         ax.fill_between(ns, [min(col) for col in zip(*clip, strict=True)],
                         [max(col) for col in zip(*clip, strict=True)],
@@ -206,7 +208,7 @@ def plot_progress(runs: dict[str, list[dict[str, Any]]], budget: int, path: Path
     for f in FRACTIONS:
         ax.axhline(f, color="grey", lw=0.6, ls=":")
     ax.set_xscale("log", base=2)
-    ax.set_ylim(-0.5, 1.05)
+    ax.set_ylim(lowest - 0.05, 1.05)
     ax.set_xlabel("trials")
     ax.set_ylabel("gap closed by the recommended point")
     ax.set_title(title, fontsize=10)
