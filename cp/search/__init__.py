@@ -17,12 +17,13 @@ ALGORITHMS = ("trrs", "random", "tpe", "cmaes")
 
 def make_searcher(algorithm: str, space: SearchSpace, seed: int = 0, explore_seed: int = 0,
                   journal: Optional[Path] = None, trrs: Optional[TRRSConfig] = None,
-                  resume: bool = False) -> Searcher:
+                  resume: bool = False, random_radius: Optional[float] = None) -> Searcher:
     """A searcher by name. ``journal`` is the file Optuna's samplers persist their study in
     besides the searcher's state; ``resume`` says that state will be loaded next (else the
-    journal starts afresh)."""
+    journal starts afresh). ``random_radius``: the half-width of random search's box around
+    the start point (None: the whole space)."""
     if algorithm == "random":
-        return RandomSearch(space, seed, explore_seed)
+        return RandomSearch(space, seed, explore_seed, radius=random_radius)
     if algorithm == "trrs":
         return TRRS(space, seed, explore_seed, trrs)
     if algorithm in ("tpe", "cmaes"):

@@ -362,71 +362,14 @@ def paired_gain(global_losses: list[float], best_losses: list[float]) -> Interva
                            for i in range(len(diffs))] if len(diffs) > 1 else [])
 
 
-BUDGETS = (8, 16, 32, 48, 64, 96, 128, 200, 256, 400)
-
-
 def search_comparison_section(doc: Doc, data: dict, level: int = 1,
                               found: Optional[Findings] = None) -> None:
-    """The per-module searchers compared (benchmarks/search_comparison.py's numbers): on the
-    study's proxy, and on a synthetic landscape with a known optimum."""
-    doc.p(f"Run {data['date']} on {data['machine']}, commit {data['commit']}, by "
-          f"`{data['command']}` ({data['wall_min']:.0f} min).")
-    real = data.get("real")
-    if real:
-        p = real["proxy"]
-        doc.h(level, f"Per-module search of the `{real['spec']}` proxy")
-        doc.p(f"Proxy: width {p['width']}, depth {p['depth']}, {p['tokens']:,} tokens; "
-              f"{real['dims']} log2 factors (kinds {', '.join(real['kinds'])}) in "
-              f"±{real['radius']:g}; {real.get('parallel', real.get('batch'))} trials in "
-              f"flight; search seed {real['seed']}; every trial trained with seed "
-              f"{real['explore_seed']} (re-evaluations inside TRRS use other seeds and count "
-              "against the budget). Best single-seed final validation loss seen after n "
-              f"trials, and the point each algorithm recommends re-evaluated on seeds "
-              f"{real['reeval_seeds']}:")
-        budgets = [b for b in BUDGETS if b < real["trials"]] + [real["trials"]]
-        algs = real["algorithms"]
-        target = algs["random"]["best_so_far"][-1] if "random" in algs else None
+    """The per-module searchers compared (benchmarks/search_comparison.py's numbers): on a
+    synthetic landscape with a known optimum, and on the study's proxy (`cp.search.compare`
+    computes and renders it)."""
+    from ..search.compare import comparison_section
 
-        def reach(curve: list[float]) -> str:
-            if target is None:
-                return "-"
-            return next((str(i + 1) for i, v in enumerate(curve) if v <= target), "never")
-
-        g = real["global"]
-        rows = [[alg, *(fmt(a["best_so_far"][b - 1]) for b in budgets),
-                 reach(a["best_so_far"]),
-                 f"{fmt(a['recommended']['mean'])} ± {fmt(a['recommended']['std'], 2)}"]
-                for alg, a in algs.items()]
-        rows.append(["global optimum (no search)", *("" for _ in budgets), "",
-                     f"{fmt(g['mean'])} ± {fmt(g['std'], 2)}"])
-        doc.table(["algorithm", *(f"n={b}" for b in budgets),
-                   "trials to reach random's final best", "recommended, fresh seeds"], rows)
-        best = min(algs, key=lambda a: algs[a]["recommended"]["mean"])
-        beat = [a for a, v in algs.items()
-                if v["recommended"]["mean"] < g["mean"] - g["std"]]
-        text = (f"**Search comparison**: on fresh seeds, {best}'s recommended point is best "
-                f"({fmt(algs[best]['recommended']['mean'])} against the global optimum's "
-                f"{fmt(g['mean'])} ± {fmt(g['std'], 2)}); "
-                + (f"{', '.join(beat)} beat the global optimum by more than its seed spread."
-                   if beat else "none beats the global optimum by more than its seed spread."))
-        doc.p(text)
-        if found is not None:
-            found.claim("search_comparison", text, best=best,
-                        recommended={a: v["recommended"]["mean"] for a, v in algs.items()},
-                        global_mean=g["mean"])
-    syn = data.get("synthetic")
-    if syn:
-        doc.h(level, f"Synthetic landscape, {syn['dim']} dimensions")
-        doc.p(f"`cp.search.synthetic.CliffLandscape(dim={syn['dim']})`: a quadratic bowl with "
-              "curvatures spanning 15x, optimum loss 1.0 just below a wiggly divergence "
-              "cliff, seed noise 0.002. Trials until the recommended point's noise-free loss "
-              f"is within 1% of the optimum (budget {syn['budget']}, 4 in flight), per landscape "
-              "seed:")
-        doc.table(["algorithm", *(f"seed {i}" for i in range(syn["seeds"])), "reached",
-                   "final loss (mean)"],
-                  [[alg, *(str(r) if r else "-" for r in a["reached"]),
-                    f"{sum(r is not None for r in a['reached'])}/{syn['seeds']}",
-                    fmt(statistics.fmean(a["final"]))] for alg, a in syn["algorithms"].items()])
+    comparison_section(doc, data, level, found)
 
 
 def seeds(spec: Spec) -> list[SeedUse]:
