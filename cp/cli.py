@@ -40,6 +40,13 @@ def _load(args: argparse.Namespace) -> Spec:
     return load_spec(args.spec, overrides=args.set)
 
 
+def _count(n: int) -> str:
+    """A parameter count in words: 24.4K, 1.3M, 2.70B."""
+    if n < 1e6:
+        return f"{n / 1e3:.1f}K"
+    return f"{n / 1e6:,.1f}M" if n < 1e9 else f"{n / 1e9:,.2f}B"
+
+
 def _fmt(x: Optional[float]) -> str:
     if x is None:
         return "-"
@@ -276,11 +283,19 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
 # spec check, plan, stage
 
 
+def _size_warnings(spec: Spec) -> None:
+    from .spec import size_warnings
+
+    for w in size_warnings(spec):
+        print(f"cpt: warning: {w}", file=sys.stderr)
+
+
 def cmd_spec_check(args: argparse.Namespace) -> int:
     spec = _load(args)
     n_runs = sum(p.runs for p in _plan(spec))
     print(f"{args.spec}: ok -- study {spec.name!r}, models {', '.join(spec.models)}, base "
           f"{spec.base}, {spec.parameterisation.name}; {n_runs} training runs planned")
+    _size_warnings(spec)
     return 0
 
 
@@ -311,7 +326,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         total_runs += p.runs
         total_tokens += p.tokens
     tab.add_row("[bold]total", f"[bold]{total_runs}", f"[bold]{total_tokens / 1e6:,.1f}M", "")
-    _console().print(tab)
+    con = _console()
+    con.print(tab)
+    models = Table(title="models", header_style="bold")
+    for col in ("model", "width", "depth", "parameters", "fp32 weights + AdamW state"):
+        models.add_column(col, justify="left" if col == "model" else "right")
+    for name, n in spec.model_params().items():
+        m = spec.models[name]
+        mem = 16 * n  # bytes: fp32 weights, gradients and AdamW's two moments
+        models.add_row(name + (" (base)" if name == spec.base else ""), str(m.width),
+                       str(m.depth), _count(n), f"{mem / 2**30:,.2f} GiB" if mem >= 2**30
+                       else f"{mem / 2**20:,.1f} MiB")
+    con.print(models)
+    _size_warnings(spec)
     return 0
 
 

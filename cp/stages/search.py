@@ -82,6 +82,9 @@ class SearchSpec:
         for i, kind in enumerate(self.kinds):
             check_kind(problems, f"{at}.kinds[{i}]", kind)
         problems.nonempty(f"{at}.kinds", self.kinds, "one or more HP kinds")
+        if self.enabled:  # the re-evaluation is the search's verdict
+            problems.nonempty(f"{at}.reeval_seeds", self.reeval_seeds, "one or more seeds")
+        problems.unique(f"{at}.reeval_seeds", self.reeval_seeds, "seed")
         for i, g in enumerate(self.groups):
             check_group(problems, f"{at}.groups[{i}]", g)
         for kind, groups in self.groups_per_kind.items():

@@ -24,7 +24,7 @@ from ..doc import fmt
 from ..launch import launch
 from ..scaling import AXES, GROUP_SETS, GROUPS, HP_KINDS, check_hp_value, split_hp_key
 from ..schema import Problems, suggest
-from ..study import Study, read_json, write_parquet
+from ..study import Study, plain_name_problem, read_json, write_parquet
 from .base import (
     Context,
     Outputs,
@@ -54,6 +54,7 @@ def check_grid(problems: Problems, at: str, grid: dict[str, list[float]]) -> Non
             continue
         if not values:
             problems(key, "empty grid", "a list of one or more values")
+        problems.unique(key, values, "value")
         for i, v in enumerate(values):
             check_hp_value(problems, f"{key}[{i}]", kind, v)
 
@@ -65,6 +66,7 @@ def check_axes(problems: Problems, at: str, axes: dict[str, list[int]], spec: Sp
             continue
         if not values:
             problems(key, "empty list", "one or more values")
+        problems.unique(key, values, "value")
         for i, v in enumerate(values):
             problems.range(f"{key}[{i}]", v, v > 0, "a positive integer")
             if axis == "width" and v > 0:
@@ -104,6 +106,7 @@ class SweepBlock:
         check_grid(problems, f"{at}.grid", self.grid)
         problems.nonempty(f"{at}.grid", self.grid, "HP kind -> values")
         problems.nonempty(f"{at}.seeds", self.seeds, "one or more seeds")
+        problems.unique(f"{at}.seeds", self.seeds, "seed")
 
 
 @dataclass
@@ -130,6 +133,7 @@ class SweepSpec:
     def check(self, at: str, spec: Spec, problems: Problems) -> None:
         check_grid(problems, f"{at}.grid", self.grid)
         problems.nonempty(f"{at}.seeds", self.seeds, "one or more seeds")
+        problems.unique(f"{at}.seeds", self.seeds, "seed")
         check_tables(problems, f"{at}.parameterisations", self.parameterisations, spec)
         check_axes(problems, f"{at}.axes", self.axes, spec)
         if self.axes and self.grid:  # without a grid there is nothing to sweep along them
@@ -140,7 +144,9 @@ class SweepSpec:
         names = [b.name for b in self.extra]
         for i, block in enumerate(self.extra):
             key = f"{at}.extra[{i}]"
-            if names.count(block.name) > 1 or block.name == "main":
+            if plain_name_problem(block.name):  # it names the block's report figures
+                problems(f"{key}.name", str(plain_name_problem(block.name)))
+            elif names.count(block.name) > 1 or block.name == "main":
                 problems(f"{key}.name", f"block name {block.name!r} is taken",
                          "unique names other than 'main'")
             block.check(key, spec, problems)

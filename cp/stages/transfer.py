@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 from ..config import PlannedRun
 from ..scaling import Factors
 from ..schema import Problems
-from ..study import Study, read_json, write_json
+from ..study import Study, plain_name_problem, read_json, write_json
 from .base import Context, Outputs, Stage, StagePlan
 from .search import best_factors
 
@@ -55,9 +55,12 @@ def default_arms() -> list[ArmSpec]:
 
 
 def check_arms(at: str, arms: list[ArmSpec], spec: Spec, problems: Problems) -> None:
+    problems.nonempty(at, arms, "one or more arms (e.g. {name: global})")
     names = [a.name for a in arms]
     for i, arm in enumerate(arms):
-        if names.count(arm.name) > 1:
+        if plain_name_problem(arm.name):  # it names the arm's folder under transfer/<target>/
+            problems(f"{at}[{i}].name", str(plain_name_problem(arm.name)))
+        elif names.count(arm.name) > 1:
             problems(f"{at}[{i}].name", f"arm name {arm.name!r} is used twice", "unique names")
         arm.check(f"{at}[{i}]", spec, problems)
 
@@ -74,7 +77,9 @@ class TargetsSpec:
     def check(self, at: str, spec: Spec, problems: Problems) -> None:
         for i, name in enumerate(self.models):
             problems.choice(f"{at}.models[{i}]", name, spec.models, "model")
+        problems.unique(f"{at}.models", self.models, "model")
         problems.nonempty(f"{at}.seeds", self.seeds, "one or more seeds")
+        problems.unique(f"{at}.seeds", self.seeds, "seed")
         base = spec.models.get(spec.base)
         if base is None:
             return
