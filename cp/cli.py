@@ -7,15 +7,19 @@ torch is imported only by the commands that build a model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from .execute import LaunchError
+from .lock import StudyLocked, hold
 from .schema import SpecError
 from .spec import Spec, load_spec
+from .study import CorruptFile, StorageError, Study
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 EXIT_USER_ERROR = 2
+EXIT_FAULT = 1
 
 
 class UserError(Exception):
@@ -180,11 +185,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One run of a spec's model, through the same launcher and run folder as the pipeline."""
     import dataclasses
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .config import PlannedRun
-    from .launch import Launcher
-    from .resources import LauncherSpec
     from .study import Study
 
     spec = _load(args)
@@ -192,6 +192,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         run = dataclasses.replace(run, seed=args.seed)
     study = Study.at(args.results, spec.name)
+    with hold(study, f"cpt train {args.model}"):
+        return _train(args, spec, run, study)
+
+
+def _train(args: argparse.Namespace, spec: Spec, run: RunConfig, study: Study) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .config import PlannedRun
+    from .launch import Launcher
+    from .resources import LauncherSpec
+
     pr = PlannedRun(run, {"stage": "train", "model": args.model, "seed": run.seed})
     folder = study.run(pr.run_id)
     con = _console()
@@ -253,7 +264,8 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     study = Study.at(args.results, spec.name)
     con = _console()
     try:
-        run_stage("check", spec, study, echo=lambda m: con.print(f"  {m}"))
+        with hold(study, "cpt coord-check"):
+            run_stage("check", spec, study, echo=lambda m: con.print(f"  {m}"))
         failed = None
     except StageFailed as e:
         failed = str(e)
@@ -349,7 +361,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     study = Study.at(args.results, spec.name)
     try:
-        run_stage(args.stage, spec, study, echo=lambda m: print(m, flush=True))
+        with hold(study, f"cpt stage {args.stage}"):
+            run_stage(args.stage, spec, study, echo=lambda m: print(m, flush=True))
     except StageFailed as e:
         print(f"cpt: stage {args.stage} failed: {e}", file=sys.stderr)
         return 1
@@ -357,17 +370,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from .spec import read_study_spec
+    from .spec import env_paths, read_study_spec
     from .study import Study
     from .tracking import sync
 
     study = Study(Path(args.study))
     spec = read_study_spec(study)
     try:
-        rep = sync(study, spec.tracking, spec.name, uri=args.uri,
-                   echo=lambda m: print(m, flush=True))
-    except FileNotFoundError:  # not a study folder: a user error, reported by main()
-        raise
+        with hold(study, "cpt sync"), _redo_elsewhere(study):
+            rep = sync(study, spec.tracking, spec.name, uri=args.uri,
+                       echo=lambda m: print(m, flush=True), hidden=env_paths(spec))
+    except (FileNotFoundError, CorruptFile, StudyLocked, StorageError):
+        raise  # reported by main()
     except Exception as e:  # the store is down or refuses: say so, no traceback
         print(f"cpt: sync of {study.root} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -386,12 +400,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     study = Study(Path(args.study))
     spec = read_study_spec(study)
-    path = build_report(spec, study, STAGES)
-    print(f"report: {path} and {study.report_html}")
-    if args.publish:
-        out = publish(spec, study, STAGES, args.publish)
-        print(f"published: {out} (figures in {out.with_suffix('')}/)")
+    with hold(study, "cpt report"), _redo_elsewhere(study):
+        path = build_report(spec, study, STAGES)
+        print(f"report: {path} and {study.report_html}")
+        if args.publish:
+            out = publish(spec, study, STAGES, args.publish)
+            print(f"published: {out} (figures in {out.with_suffix('')}/)")
     return 0
+
+
+@contextlib.contextmanager
+def _redo_elsewhere(study: Study) -> Iterator[None]:
+    """For commands that read a study but cannot redo it (report, sync: the corpus or the
+    cluster may be elsewhere): a corrupt file is set aside, and the error says which stage to
+    redo."""
+    from .pipeline import redo_hint
+    from .study import set_aside
+
+    try:
+        yield
+    except CorruptFile as e:
+        set_aside(e.path, e.reason, "not redone here")
+        raise UserError(f"{e}. {redo_hint(study, e.path)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,9 +521,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SpecError as e:
         print(e.format(), file=sys.stderr)
         return EXIT_USER_ERROR
-    except (UserError, FileNotFoundError, LaunchError) as e:
+    except (UserError, FileNotFoundError, LaunchError, StudyLocked) as e:
         print(f"cpt: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except (StorageError, CorruptFile) as e:  # a fault of the folder, said without a traceback
+        print(f"cpt: {e}", file=sys.stderr)
+        return EXIT_FAULT
     except KeyboardInterrupt:
         print("cpt: interrupted", file=sys.stderr)
         return 130

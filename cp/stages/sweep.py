@@ -24,15 +24,18 @@ from ..doc import fmt
 from ..launch import launch
 from ..scaling import AXES, GROUP_SETS, GROUPS, HP_KINDS, check_hp_value, split_hp_key
 from ..schema import Problems, suggest
-from ..study import Study, plain_name_problem, read_json, write_parquet
+from ..study import Study, plain_name_problem
 from .base import (
     Context,
     Outputs,
     ReportContext,
     Stage,
     StagePlan,
+    read_runs_table,
+    read_selected,
     result_row,
     table_outputs,
+    write_runs_table,
 )
 
 if TYPE_CHECKING:
@@ -236,7 +239,7 @@ def run(ctx: Context) -> list[dict]:
         ctx.echo("[sweep] no grid in the spec: nothing to sweep")
     results = launch(runs, study, spec.launcher, "sweep", ctx.on_result, ctx.echo)
     rows = [result_row(pr, results[pr.run_id]) for pr in runs]
-    write_parquet(study.sweep_table, rows)
+    write_runs_table(study, "sweep", rows)
     return rows
 
 
@@ -298,8 +301,8 @@ def transfer_section(rc: ReportContext) -> None:
     spec, study, doc, found = rc.spec, rc.study, rc.doc, rc.found
     if not study.sweep_table.exists() or not spec.sweeps.axes:
         return
-    sweep = main_block(pl.read_parquet(study.sweep_table))
-    selected = read_json(study.select_file) if study.select_file.exists() else {}
+    sweep = main_block(read_runs_table(study, "sweep"))
+    selected = read_selected(study) if study.select_file.exists() else {}
     kinds = [k for k in spec.sweeps.axes_kinds if k in spec.sweeps.grid]
     base_values = {ax: getattr(spec.models[spec.base], ax) for ax in spec.sweeps.axes}
     fixed = {k: spec.hps.get(k) for k in spec.sweeps.grid}
@@ -373,7 +376,7 @@ def ablation_section(rc: ReportContext) -> None:
     spec, study, doc, found = rc.spec, rc.study, rc.doc, rc.found
     if not spec.sweeps.extra or not study.sweep_table.exists():
         return
-    sweep = pl.read_parquet(study.sweep_table)
+    sweep = read_runs_table(study, "sweep")
     doc.h(1, "Ablations")
     doc.p("Each block sweeps the HP a rule governs along the axis the rule is about, under "
           "tables with and without the rule. A rule that is right keeps the optimum still: "

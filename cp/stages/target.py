@@ -8,11 +8,21 @@ import statistics
 from typing import TYPE_CHECKING, Optional
 
 from ..analysis import eval_curve, mean_curve, speedup_ci, steps_to_reach
-from ..config import PlannedRun, RunConfig
 from ..doc import fmt
 from ..launch import launch
-from ..study import Study, read_json, write_parquet
-from .base import Context, Outputs, ReportContext, Stage, StagePlan, result_row, table_outputs
+from ..study import Study
+from .base import (
+    Context,
+    Outputs,
+    ReportContext,
+    Stage,
+    StagePlan,
+    read_runs_table,
+    result_row,
+    table_outputs,
+    write_runs_table,
+)
+from .transfer import read_index, read_runs
 
 if TYPE_CHECKING:
     from ..spec import Spec
@@ -20,13 +30,11 @@ if TYPE_CHECKING:
 
 def run(ctx: Context) -> list[dict]:
     study = ctx.study
-    plans = []
-    for entry in read_json(study.transfer_done):
-        for r in read_json(study.transfer_runs(entry["model"], entry["arm"])):
-            plans.append(PlannedRun(RunConfig.from_dict(r["config"]), r["tags"]))
+    plans = [pr for entry in read_index(study)
+             for pr in read_runs(study, entry["model"], entry["arm"])]
     results = launch(plans, study, ctx.spec.launcher, "target", ctx.on_result, ctx.echo)
     rows = [result_row(pr, results[pr.run_id]) for pr in plans]
-    write_parquet(study.target_table, rows)
+    write_runs_table(study, "target", rows)
     return rows
 
 
@@ -45,7 +53,7 @@ def outputs(study: Study) -> Outputs:
 
     out = table_outputs(study, "target")
     if study.target_table.exists():
-        df = pl.read_parquet(study.target_table).filter(pl.col("status") == "completed")
+        df = read_runs_table(study, "target").filter(pl.col("status") == "completed")
         for r in df.group_by("model", "arm").agg(pl.col("final_val_loss").mean()).to_dicts():
             out.metrics.append((f"{r['model']}.{r['arm']}.final_val_loss",
                                 float(r["final_val_loss"]), 0))
@@ -62,11 +70,11 @@ def _arm_curves(study: Study, run_ids: list[str]) -> tuple[dict[int, list], list
     finals: list[float] = []
     for rid in run_ids:
         folder = study.run(rid)
-        r = folder.load_result()
+        r = folder.read_result()
         if r is None or not r.ok:
             continue
-        seed = read_json(folder.config)["config"]["seed"] if folder.config.exists() \
-            else len(curves)
+        cfg = folder.read_config()
+        seed = cfg["config"]["seed"] if cfg is not None else len(curves)
         curves[seed] = eval_curve(r.to_dict())
         finals.append(r.final_val_loss)
     return curves, finals, len(run_ids)
@@ -87,7 +95,7 @@ def report(rc: ReportContext) -> None:
     spec, study, doc, found = rc.spec, rc.study, rc.doc, rc.found
     if not study.transfer_done.exists():
         return
-    entries = read_json(study.transfer_done)
+    entries = read_index(study)
     baseline = next((a.name for a in spec.arms if a.factors == "none"), spec.arms[0].name)
     doc.h(1, "Targets")
     doc.p(f"Each arm's HPs transferred to each target. Speedup = steps the `{baseline}` arm "
