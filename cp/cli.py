@@ -34,6 +34,11 @@ class UserError(Exception):
     """An error the user can fix; printed without a traceback."""
 
 
+class FolderFault(Exception):
+    """A fault of the study folder (a corrupt file) that this command cannot redo; printed
+    with what to run, without a traceback."""
+
+
 def _console() -> Console:
     from rich.console import Console
 
@@ -380,7 +385,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         with hold(study, "cpt sync"), _redo_elsewhere(study):
             rep = sync(study, spec.tracking, spec.name, uri=args.uri,
                        echo=lambda m: print(m, flush=True), hidden=env_paths(spec))
-    except (FileNotFoundError, CorruptFile, StudyLocked, StorageError):
+    except (FileNotFoundError, CorruptFile, FolderFault, StudyLocked, StorageError):
         raise  # reported by main()
     except Exception as e:  # the store is down or refuses: say so, no traceback
         print(f"cpt: sync of {study.root} failed: {type(e).__name__}: {e}", file=sys.stderr)
@@ -421,7 +426,7 @@ def _redo_elsewhere(study: Study) -> Iterator[None]:
         yield
     except CorruptFile as e:
         set_aside(e.path, e.reason, "not redone here")
-        raise UserError(f"{e}. {redo_hint(study, e.path)}") from None
+        raise FolderFault(f"{e}. {redo_hint(study, e.path)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +529,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (UserError, FileNotFoundError, LaunchError, StudyLocked) as e:
         print(f"cpt: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (StorageError, CorruptFile) as e:  # a fault of the folder, said without a traceback
+    except (StorageError, CorruptFile, FolderFault) as e:  # the folder's fault, no traceback
         print(f"cpt: {e}", file=sys.stderr)
         return EXIT_FAULT
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -62,7 +63,10 @@ def artifact_location(uri: str, experiment: str, study: Study) -> Optional[str]:
     db = _sqlite_path(uri)
     if db is None:
         return None
-    return (db.parent / study.mlflow_artifacts.name / experiment).as_uri()
+    # An experiment name may hold anything MLflow allows ("/", ".."): a folder gets it made
+    # plain, so the artifacts stay inside the store's folder.
+    folder = re.sub(r"[^A-Za-z0-9._-]", "_", experiment).lstrip(".") or "experiment"
+    return (db.parent / study.mlflow_artifacts.name / folder).as_uri()
 
 
 def _times(folder: RunFolder, result: dict[str, Any]) -> tuple[float, float]:

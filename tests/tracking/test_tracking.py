@@ -219,8 +219,10 @@ def test_values_from_the_environment_are_not_uploaded(tmp_path, monkeypatch, tin
                 r.info.run_id, "sweep"):
             if art.is_dir:
                 continue
-            text = open(client.download_artifacts(r.info.run_id, art.path, str(tmp_path)),
-                        "rb").read()
+            from pathlib import Path
+
+            text = Path(client.download_artifacts(r.info.run_id, art.path,
+                                                  str(tmp_path))).read_bytes()
             if b"secret-corpus-name" in text:
                 leaked.append(art.path)
     assert not leaked, leaked
