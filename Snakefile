@@ -10,10 +10,11 @@
 import shlex
 import sys
 
+from cp.lock import StudyLocked, hold_for_pipeline
 from cp.schema import SpecError
 from cp.spec import load_spec
 from cp.stages import get as stage
-from cp.study import Study
+from cp.study import StorageError, Study
 
 SPEC = config.get("spec", "specs/demo.yaml")
 RESULTS = config.get("results", "results")
@@ -64,8 +65,28 @@ include: "workflow/rules/target.smk"
 include: "workflow/rules/report.smk"
 
 
+# The study lock (cp.lock): taken when jobs are about to run, so a second pipeline on the same
+# study folder -- from this checkout or another -- is refused before it trains anything. The
+# stages this pipeline starts inherit its token (CP_STUDY_LOCK) and join the lock.
+LOCK = []
+
+
+onstart:
+    try:
+        LOCK.append(hold_for_pipeline(STUDY, f"snakemake pipeline of {SPEC}"))
+    except (StudyLocked, StorageError) as e:
+        raise WorkflowError(str(e)) from None
+
+
 onsuccess:
+    for lock in LOCK:
+        lock.release()
     print(f"\nstudy {STUDY_SPEC.name} done: report at {done('report')}\n")
+
+
+onerror:
+    for lock in LOCK:
+        lock.release()
 
 
 rule all:

@@ -7,15 +7,19 @@ torch is imported only by the commands that build a model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from .execute import LaunchError
+from .lock import StudyLocked, hold
 from .schema import SpecError
 from .spec import Spec, load_spec
+from .study import CorruptFile, StorageError, Study
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,10 +27,16 @@ if TYPE_CHECKING:
     from .config import RunConfig
 
 EXIT_USER_ERROR = 2
+EXIT_FAULT = 1
 
 
 class UserError(Exception):
     """An error the user can fix; printed without a traceback."""
+
+
+class FolderFault(Exception):
+    """A fault of the study folder (a corrupt file) that this command cannot redo; printed
+    with what to run, without a traceback."""
 
 
 def _console() -> Console:
@@ -38,6 +48,13 @@ def _console() -> Console:
 
 def _load(args: argparse.Namespace) -> Spec:
     return load_spec(args.spec, overrides=args.set)
+
+
+def _count(n: int) -> str:
+    """A parameter count in words: 24.4K, 1.3M, 2.70B."""
+    if n < 1e6:
+        return f"{n / 1e3:.1f}K"
+    return f"{n / 1e6:,.1f}M" if n < 1e9 else f"{n / 1e9:,.2f}B"
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -173,11 +190,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One run of a spec's model, through the same launcher and run folder as the pipeline."""
     import dataclasses
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .config import PlannedRun
-    from .launch import Launcher
-    from .resources import LauncherSpec
     from .study import Study
 
     spec = _load(args)
@@ -185,6 +197,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         run = dataclasses.replace(run, seed=args.seed)
     study = Study.at(args.results, spec.name)
+    with hold(study, f"cpt train {args.model}"):
+        return _train(args, spec, run, study)
+
+
+def _train(args: argparse.Namespace, spec: Spec, run: RunConfig, study: Study) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .config import PlannedRun
+    from .launch import Launcher
+    from .resources import LauncherSpec
+
     pr = PlannedRun(run, {"stage": "train", "model": args.model, "seed": run.seed})
     folder = study.run(pr.run_id)
     con = _console()
@@ -246,7 +269,8 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     study = Study.at(args.results, spec.name)
     con = _console()
     try:
-        run_stage("check", spec, study, echo=lambda m: con.print(f"  {m}"))
+        with hold(study, "cpt coord-check"):
+            run_stage("check", spec, study, echo=lambda m: con.print(f"  {m}"))
         failed = None
     except StageFailed as e:
         failed = str(e)
@@ -276,11 +300,19 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
 # spec check, plan, stage
 
 
+def _size_warnings(spec: Spec) -> None:
+    from .spec import size_warnings
+
+    for w in size_warnings(spec):
+        print(f"cpt: warning: {w}", file=sys.stderr)
+
+
 def cmd_spec_check(args: argparse.Namespace) -> int:
     spec = _load(args)
     n_runs = sum(p.runs for p in _plan(spec))
     print(f"{args.spec}: ok -- study {spec.name!r}, models {', '.join(spec.models)}, base "
           f"{spec.base}, {spec.parameterisation.name}; {n_runs} training runs planned")
+    _size_warnings(spec)
     return 0
 
 
@@ -311,7 +343,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         total_runs += p.runs
         total_tokens += p.tokens
     tab.add_row("[bold]total", f"[bold]{total_runs}", f"[bold]{total_tokens / 1e6:,.1f}M", "")
-    _console().print(tab)
+    con = _console()
+    con.print(tab)
+    models = Table(title="models", header_style="bold")
+    for col in ("model", "width", "depth", "parameters", "fp32 weights + AdamW state"):
+        models.add_column(col, justify="left" if col == "model" else "right")
+    for name, n in spec.model_params().items():
+        m = spec.models[name]
+        mem = 16 * n  # bytes: fp32 weights, gradients and AdamW's two moments
+        models.add_row(name + (" (base)" if name == spec.base else ""), str(m.width),
+                       str(m.depth), _count(n), f"{mem / 2**30:,.2f} GiB" if mem >= 2**30
+                       else f"{mem / 2**20:,.1f} MiB")
+    con.print(models)
+    _size_warnings(spec)
     return 0
 
 
@@ -322,7 +366,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     study = Study.at(args.results, spec.name)
     try:
-        run_stage(args.stage, spec, study, echo=lambda m: print(m, flush=True))
+        with hold(study, f"cpt stage {args.stage}"):
+            run_stage(args.stage, spec, study, echo=lambda m: print(m, flush=True))
     except StageFailed as e:
         print(f"cpt: stage {args.stage} failed: {e}", file=sys.stderr)
         return 1
@@ -330,17 +375,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from .spec import read_study_spec
+    from .spec import env_paths, read_study_spec
     from .study import Study
     from .tracking import sync
 
     study = Study(Path(args.study))
     spec = read_study_spec(study)
     try:
-        rep = sync(study, spec.tracking, spec.name, uri=args.uri,
-                   echo=lambda m: print(m, flush=True))
-    except FileNotFoundError:  # not a study folder: a user error, reported by main()
-        raise
+        with hold(study, "cpt sync"), _redo_elsewhere(study):
+            rep = sync(study, spec.tracking, spec.name, uri=args.uri,
+                       echo=lambda m: print(m, flush=True), hidden=env_paths(spec))
+    except (FileNotFoundError, CorruptFile, FolderFault, StudyLocked, StorageError):
+        raise  # reported by main()
     except Exception as e:  # the store is down or refuses: say so, no traceback
         print(f"cpt: sync of {study.root} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -378,12 +424,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     study = Study(Path(args.study))
     spec = read_study_spec(study)
-    path = build_report(spec, study, STAGES)
-    print(f"report: {path} and {study.report_html}")
-    if args.publish:
-        out = publish(spec, study, STAGES, args.publish)
-        print(f"published: {out} (figures in {out.with_suffix('')}/)")
+    with hold(study, "cpt report"), _redo_elsewhere(study):
+        path = build_report(spec, study, STAGES)
+        print(f"report: {path} and {study.report_html}")
+        if args.publish:
+            out = publish(spec, study, STAGES, args.publish)
+            print(f"published: {out} (figures in {out.with_suffix('')}/)")
     return 0
+
+
+@contextlib.contextmanager
+def _redo_elsewhere(study: Study) -> Iterator[None]:
+    """For commands that read a study but cannot redo it (report, sync: the corpus or the
+    cluster may be elsewhere): a corrupt file is set aside, and the error says which stage to
+    redo."""
+    from .pipeline import redo_hint
+    from .study import set_aside
+
+    try:
+        yield
+    except CorruptFile as e:
+        set_aside(e.path, e.reason, "not redone here")
+        raise FolderFault(f"{e}. {redo_hint(study, e.path)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,9 +555,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SpecError as e:
         print(e.format(), file=sys.stderr)
         return EXIT_USER_ERROR
-    except (UserError, FileNotFoundError, LaunchError) as e:
+    except (UserError, FileNotFoundError, LaunchError, StudyLocked) as e:
         print(f"cpt: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except (StorageError, CorruptFile, FolderFault) as e:  # the folder's fault, no traceback
+        print(f"cpt: {e}", file=sys.stderr)
+        return EXIT_FAULT
     except KeyboardInterrupt:
         print("cpt: interrupted", file=sys.stderr)
         return 130

@@ -17,8 +17,8 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal, Optional, Union
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal, Optional, Union, get_args
 
 from .data import DataConfig
 from .scaling import (
@@ -114,6 +114,20 @@ def count_params(cfg: ModelConfig) -> int:
     return 2 * v * d + cfg.depth * block + d
 
 
+#: Parameters above which `cpt spec check` and `cpt plan` warn, by the kind of device a run uses
+#: (``runtime.device``; ``auto`` and ``cuda`` count as a GPU): about what trains in hours there.
+#: ``runtime.warn_params`` replaces it for a study.
+WARN_PARAMS = {"cpu": 20_000_000, "gpu": 20_000_000_000}
+#: A model with more parameters than this is refused: no study of this tool trains one (its fp32
+#: weights, gradients and Adam moments alone would need 16 bytes a parameter, 160 TB).
+MAX_PARAMS = 10**13
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or ``gpu``: the key of `WARN_PARAMS` for a ``runtime.device``."""
+    return "cpu" if device == "cpu" else "gpu"
+
+
 def flops_per_token(cfg: ModelConfig) -> float:
     """Training FLOPs per token: 6 per matmul parameter plus attention (as nanoGPT counts)."""
     n = count_params(cfg) - cfg.vocab_size * cfg.width  # the embedding lookup is not a matmul
@@ -183,10 +197,18 @@ class ParamConfig:
                 for axis, expr in axes.items():
                     if not problems.choice(f"{rkey}.{axis}", axis, RULE_AXES, "axis"):
                         continue
-                    try:
-                        eval_exponent(expr, 1.0)
+                    try:  # at the alpha the table will use, not just any
+                        eval_exponent(expr, self._alpha(start))
                     except ValueError as e:
                         problems(f"{rkey}.{axis}", str(e), "a number or an expression in alpha")
+
+    def _alpha(self, start: str) -> float:
+        """The residual exponent the table built from ``start`` uses."""
+        if self.alpha is not None:
+            return self.alpha
+        if start in TABLES:
+            return build_table(start).alpha
+        return 1.0
 
 
 @dataclass
@@ -230,10 +252,19 @@ class RuntimeConfig:
     """Save a checkpoint when this much wall time passed since the last one (0: never)."""
     keep_checkpoint: bool = False
     """Keep the final checkpoint (the trained weights) after a run completes."""
+    warn_params: Optional[int] = None
+    """`cpt spec check` and `cpt plan` warn about any model with more parameters than this.
+    Unset: 20M when ``device`` is ``cpu``, 20B otherwise (what trains in hours there)."""
 
     def check(self, at: str, problems: Problems) -> None:
         for k in ("threads", "checkpoint_every", "checkpoint_seconds"):
             problems.at_least(f"{at}.{k}", getattr(self, k), 0)
+        if self.warn_params is not None:
+            problems.at_least(f"{at}.warn_params", self.warn_params, 1, "a positive integer")
+
+    def params_warning_at(self) -> int:
+        """The parameter count above which a model is worth a warning on this device."""
+        return self.warn_params or WARN_PARAMS[device_kind(self.device)]
 
 
 @dataclass(kw_only=True)
@@ -403,6 +434,9 @@ class RunResult:
     """Training throughput (evaluation and checkpoint time excluded)."""
     wall_s: float = 0.0
     n_params: int = 0
+    config_hash: Optional[str] = None
+    """Hash of the run's config.json when the result was written (`cp.study.RunFolder`): a
+    result beside another config is corrupt."""
 
     @property
     def ok(self) -> bool:
@@ -423,8 +457,35 @@ class RunResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        return cls(**d)
+    def from_dict(cls, d: Any) -> RunResult:
+        """A result from its JSON form; ValueError naming what is missing or of the wrong type
+        (unknown keys, from a newer version, are left out)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, found {type(d).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        missing = [n for n, f in known.items() if n not in d and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
+        result = cls(**{k: v for k, v in d.items() if k in known})
+        number = (int, float)
+        wrong = [name for name, ok in (
+            ("run_id", isinstance(result.run_id, str)),
+            ("status", result.status in get_args(Status)),
+            ("diverged", isinstance(result.diverged, bool)),
+            ("steps", isinstance(result.steps, int)),
+            ("total_steps", isinstance(result.total_steps, int)),
+            ("tokens", isinstance(result.tokens, int)),
+            ("final_val_loss", isinstance(result.final_val_loss, number)),
+            ("eval_curve", isinstance(result.eval_curve, list) and all(
+                isinstance(e, dict) and isinstance(e.get("val_loss"), number)
+                and isinstance(e.get("step"), int) for e in result.eval_curve)),
+            ("train_curve", isinstance(result.train_curve, list)),
+            ("config_hash", result.config_hash is None or isinstance(result.config_hash, str)),
+        ) if not ok]
+        if wrong:
+            raise ValueError(f"field(s) {', '.join(wrong)} of the wrong type or value")
+        return result
 
     @classmethod
     def failed(cls, run_id: str, reason: str, total_steps: int) -> RunResult:

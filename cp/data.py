@@ -120,7 +120,7 @@ class TokenData:
         self.tokens = tokens
         text = dtype is np.uint8 and cfg.vocab_size is None
         self.vocab_size = BYTE_VOCAB if text else (cfg.vocab_size or int(tokens.max()) + 1)
-        n_val = int(len(tokens) * cfg.val_fraction)
+        n_val = val_tokens(len(tokens), cfg.val_fraction)
         if not 0 < n_val < len(tokens):
             raise ValueError(f"val_fraction {cfg.val_fraction} leaves an empty train or val "
                              f"split of {len(tokens)} tokens")
@@ -161,3 +161,25 @@ class TokenData:
         starts = np.linspace(0, len(self.val) - seq_len - 1, n_sequences).astype(np.int64)
         for i in range(0, n_sequences, batch):
             yield self._gather(self.val, starts[i:i + batch], seq_len)
+
+
+def val_tokens(n_tokens: int, val_fraction: float) -> int:
+    """Tokens of the validation split (the end of the corpus) out of ``n_tokens``."""
+    return int(n_tokens * val_fraction)
+
+
+def split_sizes(cfg: DataConfig) -> tuple[int, int]:
+    """(train, validation) tokens of the corpus, from its token file's size: a text file is
+    one token per byte, a ``.bin`` file's size over its dtype's, a ``.npy`` array's header
+    (the bundled corpus is decompressed into the cache once, as training would)."""
+    path = Path(cfg.corpus).expanduser()
+    if cfg.corpus not in BUNDLED and path.suffix in (".txt", ".text", ".md"):
+        n = path.stat().st_size
+    else:
+        file, dtype = token_file(cfg)
+        if dtype is None:
+            n = int(np.load(file, mmap_mode="r").shape[0])
+        else:
+            n = file.stat().st_size // np.dtype(dtype).itemsize
+    n_val = val_tokens(n, cfg.val_fraction)
+    return n - n_val, n_val

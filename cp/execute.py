@@ -7,8 +7,8 @@ a data-parallel run in local processes (gloo, for tests and for trying it withou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import socket
 import time
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import PlannedRun, RunConfig, RunResult
-from .study import RunFolder
+from .study import CorruptFile, RunFolder, storage_error
 
 ResultHook = Callable[[PlannedRun, RunResult], None]
 """Called with each planned run and its result as the result comes in."""
@@ -34,23 +34,24 @@ class LaunchError(RuntimeError):
 
 def log_event(run: RunFolder, event: str, **info: Any) -> None:
     """Append one line to ``run``'s event log."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    rec = {"event": event, "time": time.time(), "host": socket.gethostname(),
-           "pid": os.getpid(), **info}
-    with open(run.events, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    run.append_event({"event": event, "time": time.time(), "host": socket.gethostname(),
+                      "pid": os.getpid(), "run_id": run.run_id or run.path.name, **info})
 
 
 def read_events(folder: RunFolder) -> list[dict]:
-    """The run's event log, oldest first (empty if it has none)."""
-    if not folder.events.exists():
-        return []
-    return [json.loads(line) for line in folder.events.read_text().splitlines() if line.strip()]
+    """The run's event log, oldest first (empty if it has none; see `RunFolder.read_events`)."""
+    return folder.read_events()
 
 
 def record_failed(pr: PlannedRun, reason: str, folder: RunFolder) -> RunResult:
-    """Record ``pr`` as failed (a result like any other) and return that result."""
+    """Record ``pr`` as failed (a result like any other, with the config it failed with) and
+    return that result."""
     result = RunResult.failed(pr.run_id, reason, pr.config.scale.steps)
+    with contextlib.suppress(CorruptFile):
+        if folder.read_config() is not None:
+            folder.write_result(result)
+            return result
+    folder.write_config(pr.run_id, pr.config.to_dict(), pr.config.resolved())
     folder.write_result(result)
     return result
 
@@ -81,7 +82,10 @@ def execute(cfg: RunConfig, folder: RunFolder | Path, threads: int = 0,
         log_event(folder, "start")
     try:
         result = train(cfg, folder, log=on_log, should_stop=should_stop)
-    except Exception as e:  # a crash is a result, not the end of the study
+    except Exception as e:  # a crash is a result, not the end of the study ...
+        fault = storage_error(e, folder.path)
+        if fault is not None:  # ... but a full disk or a read-only folder is not the run's
+            raise fault from None
         tail = "".join(traceback.format_exception(e))[-2000:]
         result = RunResult.failed(cfg.run_id(), f"{type(e).__name__}: {e}\n{tail}",
                                   cfg.scale.steps)

@@ -23,7 +23,7 @@ from typing import Optional
 from .config import PlannedRun, RunConfig, RunResult
 from .execute import LaunchError, ProgressFn, ResultHook, execute, read_events, record_failed
 from .resources import LauncherSpec
-from .study import RunFolder, Study
+from .study import RunFolder, StorageError, Study
 
 Echo = Callable[[str], None]
 
@@ -174,6 +174,8 @@ class Launcher:
                         result = execute(pr.config, folder, threads, progress=self.progress)
                     else:
                         result = self.fn(pr.config, folder, threads)
+                except StorageError:
+                    raise  # the folder's fault, not the run's: nothing is recorded
                 except Exception as e:
                     result = record_failed(pr, f"{type(e).__name__}: {e}", folder)
                 finished(pr, result)
@@ -194,6 +196,9 @@ class Launcher:
                 except BrokenProcessPool:
                     broken.append(pr)
                     continue
+                except StorageError:
+                    self.close()  # the other workers meet the same disk: stop them all
+                    raise
                 except Exception as e:  # raised outside train()'s own guard
                     result = record_failed(pr, f"{type(e).__name__}: {e}",
                                            self.study.run(pr.run_id))

@@ -54,8 +54,22 @@ def suggest(bad: object, allowed: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def short(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 400-digit number is not a message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} characters)"
+
+
 def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite(value: int | float) -> bool:
+    """Whether a number is finite as a float (a 400-digit integer is not: it overflows)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class Problems:
@@ -77,16 +91,16 @@ class Problems:
     def range(self, key: str, value: object, ok: bool, allowed: str) -> None:
         """A problem unless ``ok``: ``value`` is outside what ``allowed`` says."""
         if not ok:
-            self(key, f"{value!r} is out of range", allowed)
+            self(key, f"{short(value)} is out of range", allowed)
 
     def at_least(self, key: str, value: object, low: float, allowed: str = "") -> None:
         """Numbers only (a wrong type was reported by the structural pass)."""
         if is_number(value):
-            self.range(key, value, value >= low and math.isfinite(value), allowed or f">= {low:g}")
+            self.range(key, value, is_finite(value) and value >= low, allowed or f">= {low:g}")
 
     def positive(self, key: str, value: object) -> None:
         if is_number(value):
-            self.range(key, value, value > 0 and math.isfinite(value), "> 0")
+            self.range(key, value, is_finite(value) and value > 0, "> 0")
 
     def nonempty(self, key: str, value: object, allowed: str) -> None:
         if isinstance(value, (list, dict)) and not value:
@@ -97,7 +111,7 @@ class Problems:
         names = list(dict.fromkeys(allowed))
         if value in names:
             return True
-        self(key, f"unknown {what} {value!r}" + suggest(value, names), ", ".join(names))
+        self(key, f"unknown {what} {short(value)}" + suggest(value, names), ", ".join(names))
         return False
 
     def unique(self, key: str, values: list, what: str) -> None:
@@ -150,6 +164,7 @@ def coerce(value: Any, tp: Any, key: str, problems: Problems) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        same_kind: Problems | None = None
         for a in args:
             if a is type(None):
                 continue
@@ -157,12 +172,18 @@ def coerce(value: Any, tp: Any, key: str, problems: Problems) -> Any:
             out = coerce(value, a, key, trial)
             if not trial:
                 return out
-        problems(key, f"{value!r} is not a {type_name(tp)}")
+            if (a in (int, float) and is_number(value)) or (isinstance(a, type)
+                                                            and isinstance(value, a)):
+                same_kind = trial  # the alternative of the value's own type says what is wrong
+        if same_kind is not None:
+            problems.items += same_kind.items
+        else:
+            problems(key, f"{short(value)} is not a {type_name(tp)}")
         return value
     if origin is Literal:
         choices = list(typing.get_args(tp))
         if value not in choices:
-            problems(key, f"{value!r} is not allowed" + suggest(value, map(str, choices)),
+            problems(key, f"{short(value)} is not allowed" + suggest(value, map(str, choices)),
                      ", ".join(repr(c) for c in choices))
         return value
     if dataclasses.is_dataclass(tp):
@@ -170,18 +191,18 @@ def coerce(value: Any, tp: Any, key: str, problems: Problems) -> Any:
     if origin is dict:
         _, vt = typing.get_args(tp)
         if not isinstance(value, dict):
-            problems(key, f"expected a mapping, got {value!r}", type_name(tp))
+            problems(key, f"expected a mapping, got {short(value)}", type_name(tp))
             return value
         return {k: coerce(v, vt, f"{key}.{k}", problems) for k, v in value.items()}
     if origin is list:
         (et,) = typing.get_args(tp)
         if not isinstance(value, list):
-            problems(key, f"expected a list, got {value!r}", type_name(tp))
+            problems(key, f"expected a list, got {short(value)}", type_name(tp))
             return value
         return [coerce(v, et, f"{key}[{i}]", problems) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            problems(key, f"{value!r} is not true/false")
+            problems(key, f"{short(value)} is not true/false")
         return value
     if tp is int:
         return _coerce_int(value, key, problems)
@@ -189,14 +210,14 @@ def coerce(value: Any, tp: Any, key: str, problems: Problems) -> Any:
         return _coerce_float(value, key, problems)
     if tp is str:
         if not isinstance(value, str):
-            problems(key, f"{value!r} is not a string")
+            problems(key, f"{short(value)} is not a string")
         return value
     return value
 
 
 def _coerce_dataclass(value: Any, tp: Any, key: str, problems: Problems) -> Any:
     if not isinstance(value, dict):
-        problems(key, f"expected a mapping, got {value!r}", type_name(tp))
+        problems(key, f"expected a mapping, got {short(value)}", type_name(tp))
         return value
     hints = typing.get_type_hints(tp)
     names = [f.name for f in dataclasses.fields(tp)]
@@ -222,7 +243,15 @@ def _coerce_dataclass(value: Any, tp: Any, key: str, problems: Problems) -> Any:
     return out
 
 
+#: Integers beyond this are refused by the structural pass: no count in a spec comes near it,
+#: and the checks' arithmetic (parameter counts, tokens) stays exact and fast below it.
+MAX_INT = 10**18
+
+
 def _coerce_int(value: Any, key: str, problems: Problems) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        problems(key, f"{short(value)} is too large", f"an integer of at most {MAX_INT:.0e}")
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
@@ -233,7 +262,7 @@ def _coerce_int(value: Any, key: str, problems: Problems) -> Any:
         if math.isfinite(f) and f.is_integer():
             return int(f)
     if isinstance(value, bool) or not isinstance(value, int):
-        problems(key, f"{value!r} is not an integer")
+        problems(key, f"{short(value)} is not an integer")
     return value
 
 
@@ -242,10 +271,11 @@ def _coerce_float(value: Any, key: str, problems: Problems) -> Any:
         with contextlib.suppress(ValueError):
             value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        problems(key, f"{value!r} is not a number")
+        problems(key, f"{short(value)} is not a number")
         return value
-    if not math.isfinite(value):
-        problems(key, f"{value!r} is not a finite number")
+    if not is_finite(value):
+        problems(key, f"{short(value)} is not a finite number")
+        return value
     return float(value)
 
 

@@ -16,23 +16,34 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from .config import ParamConfig, RunConfig, RunSettings
+from .config import (
+    MAX_PARAMS,
+    ModelConfig,
+    ParamConfig,
+    RunConfig,
+    RunSettings,
+    count_params,
+    device_kind,
+)
+from .data import BUNDLED, split_sizes
 from .resources import LauncherSpec, SlurmSpec
 from .scaling import TABLES, Scale
-from .schema import Problem, Problems, SpecError, coerce, deprecated, suggest
+from .schema import Problem, Problems, SpecError, coerce, deprecated, is_number, suggest
 from .stages import STAGES, TRAINING
 from .stages.check import CheckSpec
 from .stages.search import SearchSpec
 from .stages.select import SelectSpec
 from .stages.sweep import SweepBlock, SweepSpec
 from .stages.transfer import ArmSpec, TargetsSpec, check_arms, default_arms
-from .study import Study, write_text
+from .study import Study, plain_name_problem, write_text
+from .yamlsafe import load_yaml
 
 
 @dataclass
@@ -131,10 +142,18 @@ class Spec(RunSettings):
         if not self.models:
             problems("models", "no models defined",
                      "a mapping of names to {width, depth, batch, tokens, seq_len}")
+        name_problem = plain_name_problem(self.name)
+        if name_problem:
+            problems("name", name_problem, "a plain name; the study's folder is "
+                     "<results>/<name>")
         for name, m in self.models.items():
+            if plain_name_problem(name):
+                problems(f"models.{name}", str(plain_name_problem(name)))
             m.check(f"models.{name}", problems)
             if m.width > 0:
                 self.arch.check_width(f"models.{name}.width", m.width, problems)
+        self.check_model_sizes(problems)
+        self.check_seq_lens(problems)
         if self.models and self.base not in self.models:
             problems("base", f"{self.base!r} is not a model of this spec" +
                      suggest(self.base, self.models), ", ".join(self.models))
@@ -170,17 +189,119 @@ class Spec(RunSettings):
                      f"({', '.join(choosing)}): a number measured on it would be in-sample",
                      "judging seeds that no choosing run uses (e.g. targets.seeds: [1, 2] "
                      "with sweeps.seeds: [0])")
+    def model_params(self) -> dict[str, int]:
+        """Each model's parameter count (`cp.config.count_params`; the vocabulary of a token
+        file counts as 256 unless ``data.vocab_size`` says otherwise)."""
+        vocab = self.data.vocab_size or 256
+        return {name: count_params(ModelConfig(width=m.width, depth=m.depth, seq_len=m.seq_len,
+                                               vocab_size=vocab, arch=self.arch))
+                for name, m in self.models.items()
+                if is_number(m.width) and is_number(m.depth) and m.width > 0 and m.depth > 0}
+
+    def check_model_sizes(self, problems: Problems) -> None:
+        """A model beyond any machine is refused now, with its numbers, not after the
+        stages before it trained."""
+        for name, n in self.model_params().items():
+            m = self.models[name]
+            if n > MAX_PARAMS:
+                problems(f"models.{name}", f"{n:.3g} parameters (width {m.width}, depth "
+                         f"{m.depth}): far beyond what any machine trains",
+                         f"at most {MAX_PARAMS:.0e} parameters")
+
+    def check_seq_lens(self, problems: Problems) -> None:
+        """Every sequence fits in both splits of the corpus (its size is read from the token
+        file, without loading it)."""
+        if self.data.corpus not in BUNDLED and not Path(self.data.corpus).expanduser().exists():
+            return  # reported by data.corpus's own check
+        try:
+            train, val = split_sizes(self.data)
+        except (OSError, ValueError) as e:
+            problems("data.corpus", f"cannot read the corpus {self.data.corpus!r}: {e}")
+            return
+        longest = min(train, val) - 2  # a window of seq_len + 1 tokens, drawn below the end
+        lengths = [(f"models.{n}.seq_len", m.seq_len) for n, m in self.models.items()]
+        if self.check.enabled:
+            lengths.append(("check.seq_len", self.check.seq_len))
+        for key, seq_len in lengths:
+            if is_number(seq_len) and seq_len > longest:
+                problems(key, f"{seq_len} is longer than the corpus allows: "
+                         f"{self.data.corpus!r} has {train:,} training and {val:,} validation "
+                         f"split tokens (val_fraction {self.data.val_fraction:g})",
+                         f"at most {longest:,}, or a larger corpus")
 
     def save(self, study: Study) -> None:
-        """Keep the resolved spec (defaults filled in) in the study folder."""
+        """Keep the resolved spec (defaults filled in) in the study folder; values written
+        as interpolations (``${oc.env:X}``, ``${hps.lr}``) are kept as written, so nothing
+        read from the environment is stored (or uploaded with the spec)."""
         from omegaconf import OmegaConf
 
         text = OmegaConf.to_yaml(OmegaConf.structured(self))
         data = yaml.safe_load(text)
+        for path, written in written_values(self).items():
+            _put(data, path, written)
         first = ("name", "description", "models", "base")  # the study's headline first
         ordered = {**{k: data[k] for k in first}, **{k: v for k, v in data.items()
                                                      if k not in first}}
         write_text(study.spec_file, yaml.safe_dump(ordered, sort_keys=False))
+
+
+def size_warnings(spec: Spec) -> list[str]:
+    """``models.<name>: ...`` for each model larger than its device trains comfortably
+    (``runtime.warn_params``)."""
+    limit = spec.runtime.params_warning_at()
+    where = device_kind(spec.runtime.device)
+    return [f"models.{name}: {n / 1e6:,.1f}M parameters, above {limit / 1e6:,.1f}M for a "
+            f"{where} run (runtime.device: {spec.runtime.device}); expect a long or "
+            "out-of-memory run, or raise runtime.warn_params"
+            for name, n in spec.model_params().items() if n > limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# Values written as interpolations: kept as written in the saved spec.
+
+KeyPath = tuple[Any, ...]  # mapping keys and list indices
+
+
+def _interpolation_leaves(node: Any, at: KeyPath = ()) -> dict[KeyPath, str]:
+    """Key paths of the string leaves that hold an interpolation (``${...}``)."""
+    out: dict[KeyPath, str] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.update(_interpolation_leaves(v, (*at, k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out.update(_interpolation_leaves(v, (*at, i)))
+    elif isinstance(node, str) and "${" in node:
+        out[at] = node
+    return out
+
+
+def _put(data: Any, path: KeyPath, value: Any) -> None:
+    try:
+        for k in path[:-1]:
+            data = data[k]
+        data[path[-1]] = value
+    except (KeyError, IndexError, TypeError):
+        pass  # a key the schema does not keep
+
+
+def _normalised_leaves(raw: dict) -> dict[KeyPath, str]:
+    """The interpolation leaves of a raw (unresolved) spec, at their keys' current names."""
+    normalised = coerce(_upgrade_rules(raw), Spec, "", Problems())  # type problems: not ours
+    return _interpolation_leaves(normalised)
+
+
+def written_values(spec: Spec) -> dict[KeyPath, str]:
+    """Values of ``spec`` that were written as interpolations, as written, by key path (empty
+    for a spec built from a plain mapping)."""
+    return dict(spec.__dict__.get("_written", {}))
+
+
+def env_paths(spec: Spec) -> dict[str, str]:
+    """Dotted key paths (``data.corpus``) of the values read from the environment
+    (``${oc.env:...}``), with the text they were written as: what tracking must not upload."""
+    return {".".join(map(str, p)): w for p, w in written_values(spec).items()
+            if "oc.env" in w or "env:" in w}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,32 +309,28 @@ class Spec(RunSettings):
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError(str(path), [Problem("", f"cannot read the file: {e.strerror}")]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(str(path), [Problem("", f"not valid YAML: {where}"
-                                            f"{getattr(e, 'problem', e)}")]) from None
+    """The raw mapping of a spec file (interpolations not yet resolved), bounded
+    (`cp.yamlsafe`)."""
+    raw = load_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise SpecError(str(path), [Problem("", "the spec must be a mapping of keys to values")])
-    # OmegaConf resolves ${...} interpolations between keys.
+    return raw
+
+
+def _resolve(raw: dict, file: str) -> dict:
+    """``raw`` with its ``${...}`` interpolations resolved (OmegaConf: between keys, and
+    ``oc.env`` from the environment)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         # OmegaConf types to_container as any container; a DictConfig's is a dict.
-        cfg = OmegaConf.create(raw)
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
-        raise SpecError(str(path), [Problem(str(key), f"cannot resolve: {e.msg}")]) from None
+        raise SpecError(file, [Problem(str(key), f"cannot resolve: {e.msg}")]) from None
 
 
 def _upgrade_rules(raw: dict) -> dict:
@@ -275,16 +392,49 @@ def validate(raw: dict, file: str = "<spec>") -> Spec:
 
 def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> Spec:
     """Load and check a spec file. ``overrides`` are dotlist entries (``hps.lr=0.01``)
-    applied on top, as on a command line."""
+    applied on top, as on a command line. Values written as interpolations are remembered as
+    written (`written_values`): `Spec.save` keeps them so."""
     path = Path(path)
     raw = _read_yaml(path)
     if overrides:
         from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
-        merged = OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(overrides))
+        try:
+            merged = OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(overrides))
+        except OmegaConfBaseException as e:
+            raise SpecError(str(path), [Problem(str(getattr(e, "full_key", "") or ""),
+                                                f"cannot apply --set: {e.msg}")]) from None
         # OmegaConf types to_container as any container; a DictConfig's is a dict.
         raw = OmegaConf.to_container(merged)  # type: ignore[assignment]
-    return build_spec(raw, str(path))
+    spec = build_spec(_resolve(raw, str(path)), str(path))
+    spec.__dict__["_written"] = _normalised_leaves(raw)
+    return spec
+
+
+def _unresolvable_dropped(raw: dict, written: dict[KeyPath, str], file: str) -> dict:
+    """``raw`` without the interpolations that cannot be resolved here (``${oc.env:X}`` with X
+    unset where a saved study is read): those keys take their defaults, with a note."""
+    import copy
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    out = copy.deepcopy(raw)
+    for path, text in written.items():
+        cfg: Any = OmegaConf.create(out)
+        try:
+            for k in path:
+                cfg = cfg[k]
+        except (OmegaConfBaseException, KeyError, IndexError):
+            node: Any = out
+            for k in path[:-1]:
+                node = node[k]
+            if isinstance(node, dict):
+                del node[path[-1]]
+                print(f"cpt: note: {file}: {'.'.join(map(str, path))} is {text}, which cannot "
+                      "be resolved here; read as its default", file=sys.stderr)
+    return out
 
 
 def read_study_spec(study: Study) -> Spec:
@@ -294,14 +444,20 @@ def read_study_spec(study: Study) -> Spec:
     if not study.spec_file.exists():
         raise FileNotFoundError(f"{study.spec_file} not found: is {study.root} a study folder "
                                 "(results/<study>)?")
-    raw = yaml.safe_load(study.spec_file.read_text()) or {}
+    file = str(study.spec_file)
+    raw = _read_yaml(study.spec_file)
+    written = _normalised_leaves(raw)
     problems = Problems()
-    normalised = coerce(_upgrade_rules(raw), Spec, "", problems)
+    normalised = coerce(_upgrade_rules(_resolve(_unresolvable_dropped(raw, written, file),
+                                                file)), Spec, "", problems)
     if problems:
-        raise SpecError(str(study.spec_file), problems.items)
-    return _typed(normalised)
+        raise SpecError(file, problems.items)
+    spec = _typed(normalised)
+    spec.__dict__["_written"] = written
+    return spec
 
 
 __all__ = ["ArmSpec", "CheckSpec", "LauncherSpec", "Problem", "SearchSpec", "SelectSpec",
            "SlurmSpec", "Spec", "SpecError", "SweepBlock", "SweepSpec", "TargetsSpec",
-           "TrackingSpec", "build_spec", "load_spec", "read_study_spec", "validate"]
+           "TrackingSpec", "build_spec", "env_paths", "load_spec", "read_study_spec",
+           "size_warnings", "validate", "written_values"]

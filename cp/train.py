@@ -15,6 +15,7 @@ alone writes the run's files; every rank logs the global mean loss and takes the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -30,7 +31,7 @@ from .data import TokenData
 from .distributed import rank_and_world
 from .model import GPT
 from .optim import build_optimizer
-from .study import RunFolder, write_json
+from .study import RunFolder, set_aside
 
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -91,10 +92,41 @@ def evaluate(model: torch.nn.Module, data: TokenData, cfg: RunConfig, device: to
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      sched: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
+    """Tensors and plain types only (``state`` names the run), so `_load_checkpoint` can read
+    it with ``weights_only=True``; written to a temp file, renamed, and no temp file left
+    behind when the write fails (a full disk)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "state": state}, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a file object: a full disk raises OSError(ENOSPC)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "state": state}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _load_checkpoint(path: Path, device: torch.device, run_id: str, writer: bool
+                     ) -> Optional[dict]:
+    """The run's checkpoint, read with ``weights_only=True`` (a pickle that would run code is
+    refused, not run), or None: a checkpoint that cannot be read, lacks a part, or belongs to
+    another run is set aside (by rank 0) and the run starts afresh."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ck, dict) or not {"model", "opt", "sched", "state"} <= ck.keys():
+            raise ValueError("it lacks the model, optimiser, scheduler or loop state")
+        owner = ck["state"].get("run_id") if isinstance(ck["state"], dict) else None
+        if owner != run_id:
+            raise ValueError(f"it is the checkpoint of run {owner!r}" if owner
+                             else "it names no run")
+        return ck
+    except Exception as e:  # UnpicklingError, a truncated archive's RuntimeError, ...
+        if writer:
+            why = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            set_aside(path, f"cannot be resumed from: {type(e).__name__}: {why}",
+                      "the run starts again from step 0")
+        return None
 
 
 def _agree(flag: bool, world: int, device: torch.device) -> bool:
@@ -134,8 +166,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
     out = (out_dir if isinstance(out_dir, RunFolder) else RunFolder(Path(out_dir))
            ) if out_dir is not None else None
     if out is not None and writer:
-        write_json(out.config, {"run_id": run_id, "config": cfg.to_dict(),
-                                "resolved": resolved})
+        out.write_config(run_id, cfg.to_dict(), resolved)
     ckpt_path = out.checkpoint if out is not None else None
 
     data = TokenData(cfg.data)
@@ -143,21 +174,32 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
     if total_steps < 1:
         raise ValueError(f"{cfg.scale.tokens} tokens make no step of {cfg.scale.batch} x "
                          f"{cfg.scale.seq_len} tokens")
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model_config(data.vocab_size), settings).to(device)
-    opt, sched = build_optimizer(model, settings, cfg.schedule, total_steps)
+    def fresh() -> tuple[GPT, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg.model_config(data.vocab_size), settings).to(device)
+        return (model, *build_optimizer(model, settings, cfg.schedule, total_steps))
+
+    model, opt, sched = fresh()
     n_params = sum(p.numel() for p in model.parameters())
 
     state: dict[str, Any] = {"step": 0, "eval_curve": [], "train_curve": [], "train_time": 0.0,
-                             "divergence": None, "wall_before": 0.0}
-    if ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        state = ck["state"]
-        if log:
-            log({"event": "resumed", "step": state["step"], "total_steps": total_steps})
+                             "divergence": None, "wall_before": 0.0, "run_id": run_id}
+    ck = (_load_checkpoint(ckpt_path, device, run_id, writer)
+          if ckpt_path is not None and ckpt_path.exists() else None)
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            sched.load_state_dict(ck["sched"])
+            state = ck["state"]
+        except Exception as e:  # right run, wrong contents: start afresh
+            if writer and ckpt_path is not None:
+                set_aside(ckpt_path, f"its state does not fit the model: {type(e).__name__}",
+                          "the run starts again from step 0")
+            model, opt, sched = fresh()
+        else:
+            if log:
+                log({"event": "resumed", "step": state["step"], "total_steps": total_steps})
 
     fwd: Callable[..., Any] = model
     rows: Optional[slice] = None

@@ -19,13 +19,13 @@ CP = Path(__file__).parent.parent / "cp"
 #: Bottom floor first. A module may import modules on its own floor (if that makes no
 #: circle) or below. Every module of cp/ must be listed (patterns end in ".*" for packages).
 FLOORS = [
-    ["cp", "cp.schema", "cp.scaling", "cp.scaling.*", "cp.corpora"],
+    ["cp", "cp.schema", "cp.yamlsafe", "cp.scaling", "cp.scaling.*", "cp.corpora"],
     ["cp.data", "cp.schedule", "cp.resources", "cp.doc", "cp.provenance", "cp.search",
      "cp.search.*"],
     ["cp.config"],
     ["cp.study"],
     ["cp.estimate"],
-    ["cp.model", "cp.optim", "cp.distributed", "cp.analysis", "cp.plots"],
+    ["cp.model", "cp.optim", "cp.distributed", "cp.analysis", "cp.plots", "cp.lock"],
     ["cp.train", "cp.coord"],
     ["cp.execute"],
     ["cp.slurm"],

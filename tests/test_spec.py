@@ -217,3 +217,148 @@ def test_a_study_whose_judging_seeds_overlap_its_choosing_seeds_is_refused(demo)
     raw = set_key(demo, "search.reeval_seeds", [1000])  # TRRS re-evaluates on seed + 1000
     assert "search.trrs.reeval_seeds" in problems(raw)
     build_spec(set_key(demo, "targets.seeds", [7, 8]))  # disjoint: fine
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardening (issue 13): specs that passed the check and failed late, or lied, or hurt the checker.
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    # the study name, models, arms and sweep blocks name folders and files: plain names only
+    ("name", "../../../tmp/x", ["name", "'../../../tmp/x' is not a plain name"]),
+    ("name", "/tmp/x", ["name", "'/tmp/x' is not a plain name"]),
+    ("models", {"proxy": {"width": 32, "depth": 2, "batch": 8, "tokens": 65536, "seq_len": 64},
+                "../x": {"width": 64, "depth": 2, "batch": 8, "tokens": 65536, "seq_len": 64}},
+     ["models.../x", "is not a plain name"]),
+    ("arms", [{"name": "a/../../b"}], ["arms[0].name", "is not a plain name"]),
+    ("sweeps.extra", [{"name": "../up", "parameterisations": ["sp"], "axes": {"depth": [2]},
+                       "grid": {"lr": [0.01]}}], ["sweeps.extra[0].name", "not a plain name"]),
+    # late failures and lies
+    ("arms", [], ["arms", "empty", "one or more arms"]),
+    ("targets.seeds", [0, 0], ["targets.seeds[1]", "seed 0 is listed twice"]),
+    ("targets.models", ["target", "target"], ["targets.models[1]", "'target' is listed twice"]),
+    ("sweeps.seeds", [1, 1], ["sweeps.seeds[1]", "listed twice"]),
+    ("sweeps.grid", {"lr": [0.01, 0.01]}, ["sweeps.grid.lr[1]", "listed twice"]),
+    ("search.reeval_seeds", [], ["search.reeval_seeds", "empty"]),
+    ("parameterisation.rules", {"hidden": {"lr": {"width": int("1" + "0" * 400)}}},
+     ["parameterisation.rules.hidden.lr.width", "not a finite number"]),
+    ("models.target.width", int("1" + "0" * 400), ["models.target.width", "too large"]),
+    ("models.target.width", 6_400_000, ["models.target", "parameters", "at most"]),
+    ("models.target.seq_len", 400_000, ["models.target.seq_len", "400000",
+                                        "validation split", "tokens"]),
+    ("check.seq_len", 400_000, ["check.seq_len", "validation split"]),
+])
+def test_specs_that_used_to_fail_late_or_lie_are_refused_by_the_check(demo, key, value, expected):
+    text = problems(set_key(demo, key, value))
+    assert "Traceback" not in text
+    for fragment in expected:
+        assert fragment in text, (fragment, text)
+
+
+def test_an_exponent_that_divides_by_zero_at_the_tables_own_alpha_is_refused(demo):
+    """The check used to evaluate expressions at alpha = 1 only: at the table's alpha 0.5 this
+    one divides by zero, and only `cpt describe` (or the target stage) found out."""
+    raw = set_key(demo, "parameterisation", {"name": "completed_p", "alpha": 0.5, "rules": {
+        "hidden": {"lr": {"depth": "1/(alpha-0.5)"}}}})
+    text = problems(raw)
+    assert "parameterisation.rules.hidden.lr.depth" in text and "division by zero" in text
+    raw = set_key(demo, "tables", {"mine": {"alpha": 0.5, "rules": {
+        "hidden": {"lr": {"depth": "1/(alpha-0.5)"}}}}})
+    assert "tables.mine.rules.hidden.lr.depth" in problems(raw)
+
+
+def test_a_model_above_the_devices_size_warns_in_spec_check_and_plan(demo, tmp_path):
+    from cp.spec import size_warnings
+
+    spec = build_spec(set_key(set_key(demo, "models.target.width", 4096), "runtime.device",
+                              "cpu"))
+    warnings = size_warnings(spec)
+    assert len(warnings) == 1 and "models.target" in warnings[0]
+    assert "runtime.warn_params" in warnings[0] and "cpu" in warnings[0]
+    # on a GPU the same model is ordinary; the limit is a spec key
+    assert size_warnings(build_spec(set_key(demo, "models.target.width", 4096))) == []
+    spec = build_spec(set_key(demo, "runtime.warn_params", 1000))
+    assert {w.split(":")[0] for w in size_warnings(spec)} == {"models.proxy", "models.target"}
+
+
+def test_plan_shows_each_models_parameter_count(demo, tmp_path):
+    from cp.cli import main
+
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(set_key(set_key(demo, "models.target.width", 4096),
+                                           "runtime.device", "cpu")))
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["plan", str(path)]) == 0
+    from cp.config import count_params
+
+    spec = load_spec(path)
+    n = count_params(spec.run_config("target").model_config(256))
+    assert f"{n / 1e6:,.1f}M" in out.getvalue()
+    assert "models.target" in err.getvalue() and "warn_params" in err.getvalue()
+
+
+def test_duplicate_yaml_keys_are_refused_with_the_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: dup\nhps:\n  lr: 0.01\n  eps: 1.0e-8\n  lr: 0.02\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    text = err.value.format()
+    assert "dup.yaml" in text and "line 5" in text and "'lr'" in text and "twice" in text
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefghij"):
+        prev = "abcdefghij"[i]
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 2000
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match="alias"):
+        load_spec(path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_huge_spec_file_is_refused_before_it_is_parsed(tmp_path):
+    import time
+
+    path = tmp_path / "huge.yaml"
+    with open(path, "w") as f:
+        f.write("name: huge\ndescription: |\n")
+        line = "  " + "x" * 98 + "\n"
+        for _ in range(500_000):  # 50 MB
+            f.write(line)
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match="bytes"):
+        load_spec(path)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_the_saved_spec_keeps_environment_interpolations_as_written(demo, tmp_path,
+                                                                     monkeypatch):
+    from cp.spec import read_study_spec
+    from cp.study import Study
+
+    monkeypatch.setenv("CP_TEST_SECRET_URI", "http://user:s3cret@tracking:5000")
+    raw = set_key(demo, "tracking", {"uri": "${oc.env:CP_TEST_SECRET_URI}"})
+    raw["description"] = "lr from ${hps.lr}"
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path, overrides=["hps.lr=0.02"])
+    assert spec.tracking.uri == "http://user:s3cret@tracking:5000"  # used resolved
+    study = Study(tmp_path / "study")
+    spec.save(study)
+    saved = study.spec_file.read_text()
+    assert "s3cret" not in saved and "${oc.env:CP_TEST_SECRET_URI}" in saved
+    again = read_study_spec(study)  # cpt report / cpt sync read it back
+    assert again.tracking.uri == "http://user:s3cret@tracking:5000"
+    assert again.hps.lr == 0.02 and again.description == "lr from 0.02"
+    monkeypatch.delenv("CP_TEST_SECRET_URI")
+    assert read_study_spec(study).tracking.uri is None  # unset here: its default, with a note

@@ -89,7 +89,7 @@ def test_bf16_autocast_trains_and_keeps_fp32_master_weights(tiny, tmp_path):
     assert result.status == "completed"
     assert result.eval_curve[-1]["val_loss"] < result.eval_curve[0]["val_loss"] + 0.05
     assert result.final_val_loss < math.log(256) - 0.5
-    state = torch.load(RunFolder(tmp_path).checkpoint, weights_only=False)
+    state = torch.load(RunFolder(tmp_path).checkpoint, weights_only=True)
     assert all(v.dtype == torch.float32 for v in state["model"].values())
     assert bf16_differs_from_fp32(cfg, result)
 
@@ -101,3 +101,63 @@ def bf16_differs_from_fp32(cfg, bf16_result):
     fp32 = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
                                                                     precision="fp32")))
     return fp32.final_val_loss != bf16_result.final_val_loss
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "plain pickle"])
+def test_a_crafted_checkpoint_runs_no_code_and_is_set_aside(tiny, tmp_path, capsys, how):
+    import pickle
+
+    import torch
+
+    cfg = tiny()
+    marker = tmp_path / "pwned"
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    payload = {"model": {}, "opt": {}, "sched": {}, "state": _RunsCode(marker)}
+    if how == "torch.save":
+        torch.save(payload, folder.checkpoint)
+    else:
+        folder.checkpoint.write_bytes(pickle.dumps(payload))
+    result = train(cfg, folder)
+    assert not marker.exists(), "unpickling the checkpoint ran a command"
+    assert result.status == "completed"
+    assert result.eval_curve == train(cfg).eval_curve  # trained from step 0, as if fresh
+    err = capsys.readouterr().err
+    assert str(folder.checkpoint) in err and "set aside" in err
+    assert list(folder.path.glob("checkpoint.pt.corrupt-*"))  # kept, renamed
+
+
+def test_a_checkpoint_of_another_run_or_a_truncated_one_is_not_resumed_from(tiny, tmp_path,
+                                                                            capsys):
+    a, b = tiny(), tiny(seed=1)
+    train(a, tmp_path / "a", stop_after=17)
+    train(b, tmp_path / "b", stop_after=9)
+    (tmp_path / "b" / "checkpoint.pt").replace(tmp_path / "a" / "checkpoint.pt")  # swapped
+    assert train(a, tmp_path / "a").eval_curve == train(a).eval_curve
+    assert "is the checkpoint of run" in capsys.readouterr().err
+    train(a, tmp_path / "c", stop_after=17)
+    ck = tmp_path / "c" / "checkpoint.pt"
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])  # truncated
+    assert train(a, tmp_path / "c").eval_curve == train(a).eval_curve
+    assert "cannot be resumed from" in capsys.readouterr().err
+
+
+def test_checkpoints_load_with_weights_only(tiny, tmp_path):
+    import torch
+
+    cfg = tiny()
+    train(cfg, tmp_path, stop_after=17)
+    ck = torch.load(RunFolder(tmp_path).checkpoint, weights_only=True)
+    assert ck["state"]["step"] == 17 and ck["state"]["run_id"] == cfg.run_id()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, Optional
 from ..config import PlannedRun, RunResult
 from ..doc import Doc, Findings
 from ..execute import ResultHook
-from ..study import Study, read_json
+from ..study import CorruptFile, Study, read_json, read_table, set_aside, write_parquet
 
 if TYPE_CHECKING:  # the spec composes the stages' sections, so it sits above them
+    import polars as pl
+
     from ..spec import Spec
 
 Echo = Callable[[str], None]
@@ -138,10 +140,23 @@ def result_row(pr: PlannedRun, result: RunResult) -> dict:
             "wall_s": result.wall_s, "n_params": result.n_params}
 
 
-#: Columns of a stage's runs table that are results, not the planned run's tags.
-RESULT_COLUMNS = frozenset({"run_id", "width", "depth", "batch", "tokens", "seq_len", "status",
-                            "diverged", "final_val_loss", "loss", "steps", "tokens_per_s",
-                            "wall_s", "n_params"})
+#: Columns of a stage's runs table that are results, not the planned run's tags, with their
+#: types (a table without rows still has them).
+RESULT_SCHEMA: dict[str, type] = {
+    "run_id": str, "width": int, "depth": int, "batch": int, "tokens": int, "seq_len": int,
+    "status": str, "diverged": bool, "final_val_loss": float, "loss": float, "steps": int,
+    "tokens_per_s": float, "wall_s": float, "n_params": int}
+RESULT_COLUMNS = frozenset(RESULT_SCHEMA)
+
+
+def write_runs_table(study: Study, stage: str, rows: list[dict]) -> None:
+    """A training stage's runs table (`result_row` rows); with no rows, still its columns."""
+    write_parquet(study.stage_table(stage), rows, schema=RESULT_SCHEMA)
+
+
+def read_runs_table(study: Study, stage: str) -> pl.DataFrame:
+    """A training stage's runs table, checked (`CorruptFile` if it is not one)."""
+    return read_table(study.stage_table(stage), RESULT_SCHEMA)
 
 
 def base_outputs(study: Study, stage: str) -> Outputs:
@@ -160,7 +175,7 @@ def table_outputs(study: Study, stage: str) -> Outputs:
     table = study.stage_table(stage)
     out.add(table, stage)
     if table.exists():
-        df = pl.read_parquet(table).unique("run_id")
+        df = read_runs_table(study, stage).unique("run_id")
         out.metrics.append(("runs", float(len(df)), 0))
         for status in ("completed", "diverged", "failed"):
             out.metrics.append((f"runs_{status}",
@@ -170,3 +185,30 @@ def table_outputs(study: Study, stage: str) -> Outputs:
 
 def read_if_exists(path: Path) -> Any:
     return read_json(path) if path.exists() else None
+
+
+def read_selected(study: Study, tables: Sequence[str] = ()) -> dict[str, dict]:
+    """The select stage's optima (``select/global.json``), checked: each an object with its
+    ``values``, one for each of ``tables``. `CorruptFile` otherwise."""
+    path = study.select_file
+    selected = read_json(path)
+    if not isinstance(selected, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("values"), dict) for v in selected.values()):
+        raise CorruptFile(path, "expected an object of {table: {values: {...}, ...}}")
+    missing = [t for t in tables if t not in selected]
+    if missing:
+        raise CorruptFile(path, f"no optimum for {', '.join(missing)}")
+    return selected
+
+
+def read_record(study: Study, stage: str) -> Optional[dict]:
+    """A stage's provenance record (None if it has none). A record is only a record: a corrupt
+    one is set aside and counts as none (the stage writes a new one when it next runs)."""
+    path = study.stage_record(stage)
+    if not path.exists():
+        return None
+    try:
+        return read_json(path, "stage", "status")
+    except CorruptFile as e:
+        set_aside(path, e.reason, "the stage writes a new one when it runs")
+        return None

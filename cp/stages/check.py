@@ -75,7 +75,8 @@ def outputs(study: Study) -> Outputs:
     for path in (study.check_plot, study.check_fits, study.check_measurements,
                  study.check_verdict):
         out.add(path, "check")
-    if study.check_verdict.exists() and read_json(study.check_verdict).get("status") == "pass":
+    verdict = read_json(study.check_verdict, "status") if study.check_verdict.exists() else {}
+    if verdict.get("status") == "pass":
         out.metrics.append(("check_passed", 1.0, 0))
     return out
 
@@ -84,7 +85,7 @@ def report(rc: ReportContext) -> None:
     study, doc = rc.study, rc.doc
     if not study.check_verdict.exists():
         return
-    v = read_json(study.check_verdict)
+    v = read_json(study.check_verdict, "status")
     doc.h(1, "Coordinate check")
     if v["status"] != "pass":
         doc.p("Skipped (disabled in the spec).")

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..doc import Doc, Figure, Findings
 from ..scaling import HP_KINDS
-from ..study import Study, read_json, write_json, write_text
-from .base import Context, Outputs, ReportContext, Stage, StagePlan
+from ..study import Study, plain_name_problem, read_json, write_json, write_text
+from .base import Context, Outputs, ReportContext, Stage, StagePlan, read_record, read_runs_table
 
 if TYPE_CHECKING:
     import polars as pl
@@ -36,16 +36,18 @@ def runs_table(study: Study, stages: Sequence[Stage]) -> pl.DataFrame:
     folders = []
     runs_dir = study.runs_dir
     for d in sorted(runs_dir.iterdir()) if runs_dir.exists() else []:
+        if plain_name_problem(d.name):
+            continue  # not a run's folder
         folder = study.run(d.name)
-        if not folder.result.exists():
+        result = folder.read_result()
+        if result is None:
             continue
-        result = read_json(folder.result)
-        losses = [e["val_loss"] for e in result.get("eval_curve", [])
-                  if math.isfinite(e["val_loss"])]
-        row: dict[str, Any] = {"run_id": d.name, "run_status": result["status"],
+        losses = [e["val_loss"] for e in result.eval_curve if math.isfinite(e["val_loss"])]
+        row: dict[str, Any] = {"run_id": d.name, "run_status": result.status,
                                "best_val_loss": min(losses) if losses else math.nan}
-        if folder.config.exists():
-            cfg = read_json(folder.config)["config"]
+        written = folder.read_config()
+        if written is not None:
+            cfg = written["config"]
             factors = cfg.get("factors", cfg.get("multipliers", {}))
             row["table"] = cfg["parameterisation"]["name"]
             row.update({k: float(cfg["hps"][k]) for k in HP_KINDS})
@@ -56,7 +58,7 @@ def runs_table(study: Study, stages: Sequence[Stage]) -> pl.DataFrame:
     for stage in stages:
         path = study.stage_table(stage.name)
         if stage.trains and path.exists():
-            df = pl.read_parquet(path)
+            df = read_runs_table(study, stage.name)
             # HP values come from each run's config (the same numbers for sweep rows).
             df = df.drop([c for c in HP_KINDS if c in df.columns])
             frames.append(df.with_columns(pl.lit(stage.name).alias("stage")))
@@ -132,8 +134,7 @@ def build_report(spec: Spec, study: Study, stages: Sequence[Stage]) -> Path:
 
 def provenance(study: Study, stages: Sequence[Stage]) -> str:
     """Where a study's numbers came from: the machines and commits in its stage records."""
-    records = [read_json(study.stage_record(s.name)) for s in stages
-               if study.stage_record(s.name).exists()]
+    records = [r for s in stages if (r := read_record(study, s.name)) is not None]
     commits = sorted({r["git_commit"] for r in records if r.get("git_commit")})
     machines = sorted({r.get("machine") or r.get("host", "?") for r in records})
     ran = [r["started"] for r in records if r.get("started")]
@@ -183,7 +184,7 @@ def outputs(study: Study) -> Outputs:
     out.add(study.stage_dir("report"), None)
     if study.report_summary.exists():
         out.metrics += [(k, float(v), 0) for k, v in
-                        read_json(study.report_summary).get("metrics", {}).items()
+                        read_json(study.report_summary, "metrics")["metrics"].items()
                         if isinstance(v, (int, float)) and math.isfinite(v)]
     return out
 

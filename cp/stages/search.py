@@ -22,7 +22,7 @@ from ..search import ALGORITHMS, SearchSpace, TRRSConfig, make_searcher
 from ..search.base import Trial
 from ..search.driver import drive
 from ..search.trrs import reeval_seeds
-from ..study import Study, read_json, write_json, write_parquet
+from ..study import CorruptFile, Study, read_json, write_json, write_parquet
 from .base import (
     Context,
     Outputs,
@@ -31,8 +31,10 @@ from .base import (
     Stage,
     StageFailed,
     StagePlan,
+    read_selected,
     result_row,
     table_outputs,
+    write_runs_table,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +87,9 @@ class SearchSpec:
         for i, kind in enumerate(self.kinds):
             check_kind(problems, f"{at}.kinds[{i}]", kind)
         problems.nonempty(f"{at}.kinds", self.kinds, "one or more HP kinds")
+        if self.enabled:  # the re-evaluation is the search's verdict
+            problems.nonempty(f"{at}.reeval_seeds", self.reeval_seeds, "one or more seeds")
+        problems.unique(f"{at}.reeval_seeds", self.reeval_seeds, "seed")
         for i, g in enumerate(self.groups):
             check_group(problems, f"{at}.groups[{i}]", g)
         for kind, groups in self.groups_per_kind.items():
@@ -145,15 +150,20 @@ def run(ctx: Context) -> dict:
         echo("[search] disabled in the spec")
         return best
     s = spec.search
-    selected = read_json(study.select_file)
-    global_values = selected.get(spec.parameterisation.name, {}).get("values", {})
+    selected = read_selected(study, [spec.parameterisation.name])
+    global_values = selected[spec.parameterisation.name]["values"]
     space = search_space(spec)
     trrs = dataclasses.replace(s.trrs, round_size=s.trrs.round_size or s.parallel)
     resume = study.search_state.exists()
     searcher = make_searcher(s.algorithm, space, s.seed, explore_seed=spec.seed,
                              journal=study.search_journal, trrs=trrs, resume=resume)
     if resume:
-        searcher.load_state_dict(read_json(study.search_state))
+        state = read_json(study.search_state, "trials")
+        try:
+            searcher.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise CorruptFile(study.search_state, f"not a {s.algorithm} searcher's state "
+                              f"({type(e).__name__}: {e})") from None
         echo(f"[search] resuming: {len(searcher.trials)} trials asked, "
              f"{sum(not t.pending for t in searcher.trials)} told")
     counts = ", ".join(f"{k}: {c['type']} types + {c['layer']} layers"
@@ -218,14 +228,15 @@ def run(ctx: Context) -> dict:
          "run_id": t.run_id, **{d.name: v for d, v in zip(space.dims, t.x, strict=True)}}
         for t in searcher.trials])
     # Every search run with its tags, like the sweep's and target's tables (tracking and the
-    # study's runs table read it). Trials told before a restart have their results on disk.
-    trial_rows = []
-    for t in searcher.trials:
-        result = study.run(t.run_id).load_result() if t.run_id else None
-        if result is not None:
-            trial_rows.append(result_row(planned(t), result))
+    # study's runs table read it). Trials told before a restart have their results on disk
+    # (one found corrupt there is set aside and trained again).
+    asked = [planned(t) for t in searcher.trials if t.run_id]
+    with Launcher(study, spec.launcher, "search", max_parallel=s.parallel,
+                  on_result=ctx.on_result, echo=echo) as again:
+        trial_results = again.run(asked)
+    trial_rows = [result_row(pr, trial_results[pr.run_id]) for pr in asked]
     rows = [{**r, "trial": str(r["trial"])} for r in trial_rows + reeval_rows]
-    write_parquet(study.search_table, rows)
+    write_runs_table(study, "search", rows)
     write_json(study.search_best, out)
     from ..plots import plot_search_progress
 
@@ -238,13 +249,31 @@ def run(ctx: Context) -> dict:
     return out
 
 
+#: What ``search/best.json`` holds once a search is done.
+BEST_KEYS = ("algorithm", "trials", "best_trial", "best_loss", "x", "dims", "factors",
+             "reeval", "global_reeval")
+
+
+def read_best(study: Study) -> dict:
+    """``search/best.json``, checked (`CorruptFile` if a done search's keys are missing)."""
+    best = read_json(study.search_best, "status")
+    if best["status"] == "done":
+        missing = [k for k in BEST_KEYS if k not in best]
+        if missing:
+            raise CorruptFile(study.search_best, f"missing {', '.join(missing)}")
+    return best
+
+
 def best_factors(study: Study) -> Optional[Factors]:
     """The per-module factors the search recommends (None: no search, or it is disabled)."""
     if not study.search_best.exists():
         return None
-    best = read_json(study.search_best)
+    best = read_best(study)
     found = best.get("factors", best.get("multipliers"))  # the key's name before v0.2
-    return Factors(**found) if found else None
+    try:
+        return Factors(**found) if found else None
+    except TypeError as e:
+        raise CorruptFile(study.search_best, f"its factors are not factors ({e})") from None
 
 
 def outputs(study: Study) -> Outputs:
@@ -253,7 +282,7 @@ def outputs(study: Study) -> Outputs:
                  study.search_state):
         out.add(path, "search")
     if study.search_best.exists():
-        best = read_json(study.search_best)
+        best = read_best(study)
         if best.get("status") == "done":
             out.metrics.append(("best_loss", float(best["best_loss"]), 0))
             for key, src in (("reeval_best_mean", "reeval"),
@@ -263,7 +292,7 @@ def outputs(study: Study) -> Outputs:
                     out.metrics.append((key, mean, 0))
     if study.search_state.exists():
         running = math.inf
-        for t in read_json(study.search_state)["trials"]:
+        for t in read_json(study.search_state, "trials")["trials"]:
             if t["purpose"] != "explore" or t["loss"] is None:
                 continue
             if math.isfinite(t["loss"]):
@@ -292,7 +321,7 @@ def search_section(rc: ReportContext) -> None:
     study, doc, found = rc.study, rc.doc, rc.found
     if not study.search_best.exists():
         return
-    best = read_json(study.search_best)
+    best = read_best(study)
     doc.h(1, "Per-module search")
     if best.get("status") != "done":
         doc.p("Disabled in the spec.")

@@ -8,8 +8,17 @@ from typing import TYPE_CHECKING, Literal
 
 from ..analysis import select_optimum
 from ..doc import fmt, fmt_interval
-from ..study import Study, read_json, write_json
-from .base import Context, Outputs, ReportContext, Stage, StageFailed, StagePlan, base_outputs
+from ..study import Study, read_table, write_json
+from .base import (
+    Context,
+    Outputs,
+    ReportContext,
+    Stage,
+    StageFailed,
+    StagePlan,
+    base_outputs,
+    read_selected,
+)
 from .sweep import sweep_tables
 
 if TYPE_CHECKING:
@@ -36,7 +45,8 @@ def run(ctx: Context) -> dict:
         selected[spec.parameterisation.name] = {"values": {}, "argmin": {}, "loss": math.nan,
                                                 "method": "spec", "fitted": {}}
     else:
-        df = pl.read_parquet(study.sweep_table).filter(pl.col("axis") == "base")
+        df = read_table(study.sweep_table, ["axis", "parameterisation", "loss", *kinds]
+                        ).filter(pl.col("axis") == "base")
         for table in sweep_tables(spec):
             sub = df.filter(pl.col("parameterisation") == table)
             rows = sub.select([*kinds, "seed", "loss"]).unique([*kinds, "seed"]).to_dicts()
@@ -59,7 +69,7 @@ def outputs(study: Study) -> Outputs:
     out = base_outputs(study, "select")
     out.add(study.select_file, "select")
     if study.select_file.exists():
-        for table, sel in read_json(study.select_file).items():
+        for table, sel in read_selected(study).items():
             for kind, value in sel.get("values", {}).items():
                 out.metrics.append((f"{table}.{kind}", float(value), 0))
             if isinstance(sel.get("loss"), float) and math.isfinite(sel["loss"]):
@@ -77,7 +87,7 @@ def _value_text(kind: str, value: float, found: dict) -> str:
 def report(rc: ReportContext) -> None:
     if not rc.study.select_file.exists():
         return
-    selected = read_json(rc.study.select_file)
+    selected = read_selected(rc.study)
     rc.doc.h(1, "Global optimum at the base model")
     rc.doc.p("The base HPs every other stage starts from (these sweep seeds choose; no "
              "judging run uses them). Intervals: 95%, over seeds, as in the transfer sweeps.")

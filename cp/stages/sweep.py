@@ -37,7 +37,7 @@ from ..scaling import (
     split_hp_key,
 )
 from ..schema import Problems, suggest
-from ..study import Study, read_json, write_parquet
+from ..study import Study, plain_name_problem
 from .base import (
     Context,
     Outputs,
@@ -45,8 +45,11 @@ from .base import (
     SeedUse,
     Stage,
     StagePlan,
+    read_runs_table,
+    read_selected,
     result_row,
     table_outputs,
+    write_runs_table,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +73,7 @@ def check_grid(problems: Problems, at: str, grid: dict[str, list[float]]) -> Non
             continue
         if not values:
             problems(key, "empty grid", "a list of one or more values")
+        problems.unique(key, values, "value")
         for i, v in enumerate(values):
             check_hp_value(problems, f"{key}[{i}]", kind, v)
 
@@ -81,6 +85,7 @@ def check_axes(problems: Problems, at: str, axes: dict[str, list[int]], spec: Sp
             continue
         if not values:
             problems(key, "empty list", "one or more values")
+        problems.unique(key, values, "value")
         for i, v in enumerate(values):
             problems.range(f"{key}[{i}]", v, v > 0, "a positive integer")
             if axis == "width" and v > 0:
@@ -120,6 +125,7 @@ class SweepBlock:
         check_grid(problems, f"{at}.grid", self.grid)
         problems.nonempty(f"{at}.grid", self.grid, "HP kind -> values")
         problems.nonempty(f"{at}.seeds", self.seeds, "one or more seeds")
+        problems.unique(f"{at}.seeds", self.seeds, "seed")
 
 
 @dataclass
@@ -193,7 +199,9 @@ class SweepSpec:
         names = [b.name for b in self.extra]
         for i, block in enumerate(self.extra):
             key = f"{at}.extra[{i}]"
-            if names.count(block.name) > 1 or block.name == "main":
+            if plain_name_problem(block.name):  # it names the block's report figures
+                problems(f"{key}.name", str(plain_name_problem(block.name)))
+            elif names.count(block.name) > 1 or block.name == "main":
                 problems(f"{key}.name", f"block name {block.name!r} is taken",
                          "unique names other than 'main'")
             block.check(key, spec, problems)
@@ -307,7 +315,7 @@ def run(ctx: Context) -> list[dict]:
              f"near the optima of {curves} curve(s)")
         results = launch(more, study, spec.launcher, "sweep", ctx.on_result, echo)
         rows += [result_row(pr, results[pr.run_id]) for pr in more]
-    write_parquet(study.sweep_table, rows)
+    write_runs_table(study, "sweep", rows)
     return rows
 
 
@@ -488,8 +496,8 @@ def transfer_section(rc: ReportContext) -> None:
     spec, study, doc, found = rc.spec, rc.study, rc.doc, rc.found
     if not study.sweep_table.exists() or not spec.sweeps.axes:
         return
-    sweep = main_block(pl.read_parquet(study.sweep_table))
-    selected = read_json(study.select_file) if study.select_file.exists() else {}
+    sweep = main_block(read_runs_table(study, "sweep"))
+    selected = read_selected(study) if study.select_file.exists() else {}
     kinds = [k for k in spec.sweeps.axes_kinds if k in spec.sweeps.grid]
     tol = spec.sweeps.tolerance
     doc.h(1, "Transfer sweeps")
@@ -638,11 +646,10 @@ def fitted_rules(spec: Spec, shifts: pl.DataFrame, kind: str) -> list[dict[str, 
 def study_fitted_rules(spec: Spec, study: Study) -> list[dict[str, Any]]:
     """`fitted_rules` of every swept kind along every axis of the study: the main sweep's
     axes and the extra blocks'."""
-    import polars as pl
 
     if not study.sweep_table.exists():
         return []
-    sweep = pl.read_parquet(study.sweep_table)
+    sweep = read_runs_table(study, "sweep")
     tol = spec.sweeps.tolerance
     rows: list[dict[str, Any]] = []
     if spec.sweeps.axes:
@@ -724,7 +731,7 @@ def ablation_section(rc: ReportContext) -> None:
     spec, study, doc, found = rc.spec, rc.study, rc.doc, rc.found
     if not spec.sweeps.extra or not study.sweep_table.exists():
         return
-    sweep = pl.read_parquet(study.sweep_table)
+    sweep = read_runs_table(study, "sweep")
     tol = spec.sweeps.tolerance
     doc.h(1, "Ablations")
     doc.p("Each block sweeps the HP a rule governs along the axis the rule is about, under "

@@ -23,7 +23,7 @@ from ..analysis import (
 from ..config import PlannedRun, RunConfig
 from ..doc import fmt, fmt_interval
 from ..launch import launch
-from ..study import Study, read_json, write_json, write_parquet
+from ..study import Study, read_json, write_json
 from .base import (
     Context,
     Outputs,
@@ -32,10 +32,14 @@ from .base import (
     Stage,
     StageFailed,
     StagePlan,
+    read_runs_table,
+    read_selected,
     result_row,
     table_outputs,
+    write_runs_table,
 )
 from .sweep import grid_points
+from .transfer import read_index, read_runs
 
 if TYPE_CHECKING:
     from ..spec import Spec
@@ -48,7 +52,7 @@ TUNED = "global_tuned"
 def target_sweep_runs(spec: Spec, study: Study) -> list[PlannedRun]:
     """The grid of ``targets.sweep`` at each target: the global arm's HPs with the grid's
     values, on the sweep's (choosing) seeds."""
-    selected = read_json(study.select_file)
+    selected = read_selected(study)
     table = spec.parameterisation.name
     values = selected.get(table, {}).get("values", {})
     runs = []
@@ -65,7 +69,7 @@ def target_sweep_runs(spec: Spec, study: Study) -> list[PlannedRun]:
 
 def tune(spec: Spec, study: Study, sweep: list[PlannedRun], results: dict) -> dict:
     """Each target's own optimum from its sweep, and the ``global_tuned`` runs there."""
-    selected = read_json(study.select_file)
+    selected = read_selected(study)
     table = spec.parameterisation.name
     values = selected.get(table, {}).get("values", {})
     kinds = list(spec.targets.sweep)
@@ -91,10 +95,8 @@ def tune(spec: Spec, study: Study, sweep: list[PlannedRun], results: dict) -> di
 
 def run(ctx: Context) -> list[dict]:
     spec, study, echo = ctx.spec, ctx.study, ctx.echo
-    plans = []
-    for entry in read_json(study.transfer_done):
-        for r in read_json(study.transfer_runs(entry["model"], entry["arm"])):
-            plans.append(PlannedRun(RunConfig.from_dict(r["config"]), r["tags"]))
+    plans = [pr for entry in read_index(study)
+             for pr in read_runs(study, entry["model"], entry["arm"])]
     sweep: list[PlannedRun] = []
     if spec.targets.sweep:
         sweep = target_sweep_runs(spec, study)
@@ -111,7 +113,7 @@ def run(ctx: Context) -> list[dict]:
                       for c in t["configs"]]
     results = launch(sweep + plans, study, spec.launcher, "target", ctx.on_result, echo)
     rows = [result_row(pr, results[pr.run_id]) for pr in sweep + plans]
-    write_parquet(study.target_table, rows)
+    write_runs_table(study, "target", rows)
     return rows
 
 
@@ -136,7 +138,7 @@ def outputs(study: Study) -> Outputs:
 
     out = table_outputs(study, "target")
     if study.target_table.exists():
-        df = pl.read_parquet(study.target_table).filter(pl.col("status") == "completed")
+        df = read_runs_table(study, "target").filter(pl.col("status") == "completed")
         for r in df.group_by("model", "arm").agg(pl.col("final_val_loss").mean()).to_dicts():
             out.metrics.append((f"{r['model']}.{r['arm']}.final_val_loss",
                                 float(r["final_val_loss"]), 0))
@@ -153,11 +155,11 @@ def _arm_curves(study: Study, run_ids: list[str]) -> tuple[dict[int, list], list
     finals: list[float] = []
     for rid in run_ids:
         folder = study.run(rid)
-        r = folder.load_result()
+        r = folder.read_result()
         if r is None or not r.ok:
             continue
-        seed = read_json(folder.config)["config"]["seed"] if folder.config.exists() \
-            else len(curves)
+        cfg = folder.read_config()
+        seed = cfg["config"]["seed"] if cfg is not None else len(curves)
         curves[seed] = eval_curve(r.to_dict())
         finals.append(r.final_val_loss)
     return curves, finals, len(run_ids)
@@ -184,7 +186,7 @@ def report(rc: ReportContext) -> None:
     spec, study, doc, found = rc.spec, rc.study, rc.doc, rc.found
     if not study.transfer_done.exists():
         return
-    entries = read_json(study.transfer_done)
+    entries = read_index(study)
     tuned = read_json(study.target_tuned) if study.target_tuned.exists() else {}
     baseline = next((a.name for a in spec.arms if a.factors == "none"), spec.arms[0].name)
     doc.h(1, "Targets")
@@ -281,7 +283,7 @@ def _target_sweep(rc: ReportContext, model: str, tuned: dict) -> None:
 
     if not rc.study.target_table.exists():
         return
-    table = pl.read_parquet(rc.study.target_table)
+    table = read_runs_table(rc.study, "target")
     sweep = table.filter((pl.col("arm") == "sweep") & (pl.col("model") == model))
     for kind, value in tuned["values"].items():
         if kind not in sweep.columns:

@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
-from ..config import PlannedRun
+from ..config import PlannedRun, RunConfig
 from ..scaling import Factors
 from ..schema import Problems
-from ..study import Study, read_json, write_json
-from .base import Context, Outputs, Stage, StagePlan
+from ..study import CorruptFile, Study, plain_name_problem, read_json_list, write_json
+from .base import Context, Outputs, Stage, StagePlan, read_selected
 from .search import best_factors
 
 if TYPE_CHECKING:
@@ -55,9 +55,12 @@ def default_arms() -> list[ArmSpec]:
 
 
 def check_arms(at: str, arms: list[ArmSpec], spec: Spec, problems: Problems) -> None:
+    problems.nonempty(at, arms, "one or more arms (e.g. {name: global})")
     names = [a.name for a in arms]
     for i, arm in enumerate(arms):
-        if names.count(arm.name) > 1:
+        if plain_name_problem(arm.name):  # it names the arm's folder under transfer/<target>/
+            problems(f"{at}[{i}].name", str(plain_name_problem(arm.name)))
+        elif names.count(arm.name) > 1:
             problems(f"{at}[{i}].name", f"arm name {arm.name!r} is used twice", "unique names")
         arm.check(f"{at}[{i}]", spec, problems)
 
@@ -130,7 +133,9 @@ def arm_run(spec: Spec, arm: ArmSpec, model: str, seed: int, selected: dict[str,
 
 def target_plans(spec: Spec, study: Study) -> list[PlannedRun]:
     """Every (target, arm, seed) run, with HPs from the select and search outputs."""
-    selected = read_json(study.select_file)
+    tables = {arm.parameterisation or spec.parameterisation.name for arm in spec.arms
+              if arm.hps == "global"}
+    selected = read_selected(study, sorted(tables) if spec.sweeps.grid else [])
     searched = best_factors(study)
     return [arm_run(spec, arm, model, seed, selected, searched)
             for model in spec.target_models() for arm in spec.arms
@@ -157,15 +162,48 @@ def run(ctx: Context) -> list[dict]:
     return index
 
 
+def read_index(study: Study) -> list[dict]:
+    """``transfer/done.json``: one entry per (target, arm), checked."""
+    return read_json_list(study.transfer_done, "model", "arm", "runs")
+
+
+def read_runs(study: Study, model: str, arm: str) -> list[PlannedRun]:
+    """The runs of (target ``model``, ``arm``) as the transfer stage wrote them, checked: each
+    config resolves to its run id, and its tags name this target and arm."""
+    path = study.transfer_runs(model, arm)
+    runs = []
+    for i, r in enumerate(read_json_list(path, "run_id", "seed", "tags", "config")):
+        try:
+            pr = PlannedRun(RunConfig.from_dict(r["config"]), r["tags"])
+            ok = (pr.run_id == r["run_id"] and isinstance(r["tags"], dict)
+                  and r["tags"].get("model") == model and r["tags"].get("arm") == arm)
+        except Exception as e:  # OmegaConf's errors, a bad value in a section's field
+            raise CorruptFile(path, f"entry {i} is not a run config ({type(e).__name__})"
+                              ) from None
+        if not ok:
+            raise CorruptFile(path, f"entry {i} is not a run of {model}/{arm} (swapped or "
+                              "edited)")
+        runs.append(pr)
+    return runs
+
+
 def plan(spec: Spec) -> StagePlan:
     return StagePlan("transfer", 0, 0, f"{len(spec.target_models())} target(s) x "
                      f"{len(spec.arms)} arm(s)")
 
 
 def outputs(study: Study) -> Outputs:
-    out = Outputs()  # the whole folder, its stage record included
+    """The settings of each (target, arm), the index and the stage record. Not the runs.json
+    files: their run configs are each target run's config.json in MLflow (with any value read
+    from the environment left out)."""
+    out = Outputs()
     out.add(study.spec_file, None)
-    out.add(study.stage_dir("transfer"), None)
+    out.add(study.stage_record("transfer"), "transfer")
+    out.add(study.transfer_done, "transfer")
+    if study.transfer_done.exists():
+        for entry in read_index(study):
+            out.add(study.transfer_settings(entry["model"], entry["arm"]),
+                    f"transfer/{entry['model']}/{entry['arm']}")
     return out
 
 

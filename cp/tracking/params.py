@@ -83,3 +83,19 @@ def run_name(tags: dict[str, Any]) -> str:
         else:
             parts.append(f"{k}={fmt_value(v)}")
     return " ".join(parts)[:250] or "run"
+
+
+def redacted(obj: Any, hidden: dict[str, str]) -> Any:
+    """A copy of a nested dict with the values at ``hidden``'s dotted paths replaced by their
+    text there (``${oc.env:X}``): what came from the environment, as it was written."""
+    import copy
+
+    out = copy.deepcopy(obj)
+    for dotted, text in hidden.items():
+        node = out
+        *path, last = dotted.split(".")
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            node[last] = text
+    return out

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from ..stages import Outputs
-from ..study import RunFolder, Study, read_json
-from .params import run_metrics, run_name, run_params
+from ..study import RunFolder, Study
+from .params import redacted, run_metrics, run_name, run_params
 
 # Tag keys. cp.* keys are bookkeeping (what a run is, so nothing is logged twice); the planned
 # run's own tags (stage, axis, arm, seed...) are logged under their plain names.
@@ -62,22 +63,20 @@ def artifact_location(uri: str, experiment: str, study: Study) -> Optional[str]:
     db = _sqlite_path(uri)
     if db is None:
         return None
-    return (db.parent / study.mlflow_artifacts.name / experiment).as_uri()
+    # An experiment name may hold anything MLflow allows ("/", ".."): a folder gets it made
+    # plain, so the artifacts stay inside the store's folder.
+    folder = re.sub(r"[^A-Za-z0-9._-]", "_", experiment).lstrip(".") or "experiment"
+    return (db.parent / study.mlflow_artifacts.name / folder).as_uri()
 
 
 def _times(folder: RunFolder, result: dict[str, Any]) -> tuple[float, float]:
     """(start, end) of the run's last attempt, from its event log (else its result file)."""
     start = end = None
-    if folder.events.exists():
-        for line in folder.events.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if e.get("event") == "start":
-                start = e["time"]
-            elif e.get("event") == "finish":
-                end = e["time"]
+    for e in folder.read_events():
+        if e["event"] == "start":
+            start = e["time"]
+        elif e["event"] == "finish":
+            end = e["time"]
     if end is None:
         end = folder.result.stat().st_mtime if folder.result.exists() else time.time()
     if start is None or start > end:
@@ -99,7 +98,11 @@ class Store:
     """A study's experiment in an MLflow store. Every write finds before it creates, so
     logging the same study twice adds nothing."""
 
-    def __init__(self, uri: str, experiment: str, study: Study):
+    def __init__(self, uri: str, experiment: str, study: Study,
+                 hidden: Optional[dict[str, str]] = None):
+        """``hidden``: dotted paths of run settings read from the environment, with the text
+        they were written as (`cp.spec.env_paths`): that text is what MLflow gets."""
+        self.hidden = dict(hidden or {})
         for k, v in HTTP_DEFAULTS.items():
             os.environ.setdefault(k, v)
         from mlflow import MlflowClient
@@ -185,10 +188,14 @@ class Store:
         from mlflow.entities import Metric, Param
 
         folder = self.study.run(run_id)
-        if config is None and folder.config.exists():
-            config = read_json(folder.config).get("config")
+        written = folder.read_config()
+        if config is None and written is not None:
+            config = written["config"]
         if result is None:
-            result = read_json(folder.result)
+            found = folder.read_result()
+            if found is None:
+                raise FileNotFoundError(f"{folder.result} is gone")
+            result = found.to_dict()
         start, end = _times(folder, result)
         all_tags = {k: str(v) for k, v in tags.items() if v is not None}
         all_tags.update({ROLE: "run", STAGE: stage, RUN_ID: run_id, STUDY: self.study.name,
@@ -203,9 +210,16 @@ class Store:
         total = max(1, int(result.get("total_steps") or result.get("steps") or 1))
         metrics = [Metric(k, v, _ms(start + (end - start) * min(step, total) / total), step)
                    for k, v, step in run_metrics(result)]
-        params = [Param(k, v[:6000]) for k, v in run_params(config or {}).items()]
+        shown = {**run_params(config or {}), **{k: v for k, v in self.hidden.items()
+                                               if k in run_params(config or {})}}
+        params = [Param(k, v[:6000]) for k, v in shown.items()]
         self.client.log_batch(child, metrics=metrics, params=params)
-        if folder.config.exists():
+        if written is not None and self.hidden:
+            self.client.log_text(child, json.dumps(
+                {**written, "config": redacted(written["config"], self.hidden),
+                 "resolved": redacted(written["resolved"], self.hidden)}, indent=1),
+                folder.config.name)
+        elif written is not None:
             self.client.log_artifact(child, str(folder.config))
         self.client.set_terminated(child, status=RUN_STATUS.get(result["status"], "FAILED"),
                                    end_time=_ms(end))

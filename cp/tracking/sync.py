@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 from ..stages import STAGES, Stage
 from ..stages import get as get_stage
-from ..stages.base import RESULT_COLUMNS
-from ..study import Study, read_json
+from ..stages.base import RESULT_COLUMNS, read_record, read_runs_table
+from ..study import Study
 from .params import fmt_value
 from .store import OUTPUTS, STAGE_STATUS, Store, tracking_uri
 
@@ -24,14 +24,13 @@ def stage_runs(study: Study, stage: str) -> list[tuple[str, dict[str, Any]]]:
     once and is logged once, with the tags of its first row, as the launcher ran it; its
     other roles go into an ``also`` tag (``parameterisation=sp; arm=per_module``).
     """
-    import polars as pl
 
     table = study.stage_table(stage)
     if not get_stage(stage).trains or not table.exists():
         return []
     out: dict[str, dict[str, Any]] = {}
     also: dict[str, list[str]] = {}
-    for row in pl.read_parquet(table).to_dicts():
+    for row in read_runs_table(study, stage).to_dicts():
         run_id = row.get("run_id")
         if not run_id:
             continue
@@ -47,11 +46,6 @@ def stage_runs(study: Study, stage: str) -> list[tuple[str, dict[str, Any]]]:
         if roles:
             out[run_id] = {**out[run_id], "also": "; ".join(roles)}
     return list(out.items())
-
-
-def _record(study: Study, stage: str) -> Optional[dict]:
-    path = study.stage_record(stage)
-    return read_json(path) if path.exists() else None
 
 
 @dataclass
@@ -70,18 +64,20 @@ class SyncReport:
 
 
 def sync(study: Study, tracking: Any, study_name: str, uri: Optional[str] = None,
-         stages: Sequence[Stage] = STAGES, echo: Callable[[str], None] = print) -> SyncReport:
+         stages: Sequence[Stage] = STAGES, echo: Callable[[str], None] = print,
+         hidden: Optional[dict[str, str]] = None) -> SyncReport:
     """Log the study folder into the store: every finished stage as a parent, every training
     run of its table as a child, its outputs; only what is missing or outdated. ``tracking``
     is the study's tracking section (its uri and experiment). Reads nothing but the study
-    folder. Errors (a store that is down) raise."""
+    folder. Errors (a store that is down) raise; a corrupt file raises `CorruptFile`.
+    ``hidden``: run settings read from the environment (`Store`)."""
     uri = tracking_uri(study, uri or tracking.uri)
     experiment = tracking.experiment or study_name
-    store = Store(uri, experiment, study)
+    store = Store(uri, experiment, study, hidden)
     report = SyncReport(uri, experiment)
     for st in stages:
         stage = st.name
-        record = _record(study, stage)
+        record = read_record(study, stage)
         if not st.done(study).exists() and record is None:
             continue
         report.stages.append(stage)
@@ -90,12 +86,12 @@ def sync(study: Study, tracking: Any, study_name: str, uri: Optional[str] = None
         runs = stage_runs(study, stage)
         before = report.logged + report.replaced
         for run_id, tags in runs:
-            result_file = study.run(run_id).result
-            if not result_file.exists():
+            result = study.run(run_id).read_result()
+            if result is None:
                 continue
             old = children.get(run_id)
             if old is not None:
-                if store.is_current(old, read_json(result_file)):
+                if store.is_current(old, result.to_dict()):
                     report.present += 1
                     if old.data.tags.get("also") != tags.get("also") and "also" in tags:
                         store.set_tags(old.info.run_id, {"also": tags["also"]})

@@ -44,8 +44,10 @@ class StageTracker:
     """
 
     def __init__(self, study: Study, stage: str, uri: str, experiment: str,
-                 record: Optional[dict] = None, warn: Callable[[str], None] = _warn):
+                 record: Optional[dict] = None, warn: Callable[[str], None] = _warn,
+                 hidden: Optional[dict[str, str]] = None):
         self.study, self.stage, self.uri, self.experiment = study, stage, uri, experiment
+        self.hidden = hidden  # run settings read from the environment (`Store`)
         self.record, self.warn = record, warn
         self.failed: Optional[str] = None
         self._store: Optional[Store] = None
@@ -111,7 +113,7 @@ class StageTracker:
                   f"{self.study.root}` logs what is missing once the store is back.")
 
     def _open(self) -> None:
-        self._store = Store(self.uri, self.experiment, self.study)
+        self._store = Store(self.uri, self.experiment, self.study, self.hidden)
         self._parent = self._store.parent(self.stage, self.record)
         self._store.set_status(self._parent, "RUNNING")
         self._children = self._store.children(self._parent)
@@ -166,8 +168,10 @@ class NullTracker:
 def stage_tracker(spec: Any, study: Study, stage: str,
                   record: Optional[dict] = None) -> StageTracker | NullTracker:
     """The tracker of a stage as the spec's ``tracking`` section says."""
+    from ..spec import env_paths
+
     t = spec.tracking
     if not t.enabled:
         return NullTracker()
     return StageTracker(study, stage, tracking_uri(study, t.uri), t.experiment or spec.name,
-                        record)
+                        record, hidden=env_paths(spec))

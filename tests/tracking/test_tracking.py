@@ -167,3 +167,64 @@ def test_a_store_that_is_down_never_fails_a_stage_and_warns_once(study_copy, cap
     assert err.count("cpt: warning: MLflow tracking") == 1 and "cpt sync" in err
     record = json.loads((study_copy.root / "select" / "stage.json").read_text())
     assert record["status"] == "done"
+
+
+def test_a_study_without_a_sweep_grid_tracks_and_syncs_without_a_false_warning(tmp_path,
+                                                                               capsys,
+                                                                               monkeypatch):
+    """The sweep's runs table of a study with no grid used to have no columns: the stage
+    warned that tracking failed, and `cpt sync` stopped on ColumnNotFoundError."""
+    from cp.tracking import sync
+    from tests.study_helpers import smoke_spec
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = smoke_spec(sweeps={"grid": {}}, check__enabled=False)
+    study = Study(tmp_path / "smoke")
+    run_stage("sweep", spec, study, echo=lambda _: None)
+    assert "warning" not in capsys.readouterr().err
+    assert pl.read_parquet(study.sweep_table).columns[:1] == ["run_id"]
+    rep = sync(study, spec.tracking, spec.name, echo=lambda _: None)
+    assert rep.stages == ["sweep"] and rep.logged == 0
+
+
+def test_values_from_the_environment_are_not_uploaded(tmp_path, monkeypatch, tiny):
+    """A value written as ${oc.env:X} stays written so in the spec MLflow shows, and in a
+    training run's params and config.json."""
+    import yaml
+
+    from cp.spec import load_spec
+    from tests.study_helpers import SMOKE
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    corpus = tmp_path / "secret-corpus-name.txt"
+    corpus.write_text((SMOKE.parent.parent / "README.md").read_text() * 4)
+    monkeypatch.setenv("CP_TEST_CORPUS", str(corpus))
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["data"] = {"corpus": "${oc.env:CP_TEST_CORPUS}"}
+    raw["sweeps"] = {"grid": {"lr": [0.01]}}
+    raw["models"]["proxy"]["tokens"] = 8 * 32 * 8
+    raw["train"]["evals"] = 1
+    raw["launcher"] = {"kind": "inline"}
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+    study = Study(tmp_path / "smoke")
+    run_stage("sweep", spec, study, echo=lambda _: None)
+    client, runs = experiment_runs(f"sqlite:///{study.root / 'mlflow.db'}")
+    leaked = []
+    for r in runs:
+        if any("secret-corpus-name" in v for v in r.data.params.values()):
+            leaked.append(f"params of {r.info.run_name}")
+        for art in client.list_artifacts(r.info.run_id) + client.list_artifacts(
+                r.info.run_id, "sweep"):
+            if art.is_dir:
+                continue
+            from pathlib import Path
+
+            text = Path(client.download_artifacts(r.info.run_id, art.path,
+                                                  str(tmp_path))).read_bytes()
+            if b"secret-corpus-name" in text:
+                leaked.append(art.path)
+    assert not leaked, leaked
+    child = next(r for r in runs if r.data.tags.get("cp.role") == "run")
+    assert child.data.params["data.corpus"] == "${oc.env:CP_TEST_CORPUS}"
