@@ -2,7 +2,7 @@
 
 import pytest
 
-from cp.coord import CoordConfig, coord_check, write_outputs
+from cp.coord import CoordConfig, check_run, write_outputs
 from cp.spec import load_spec
 
 
@@ -19,7 +19,7 @@ def results(demo_proxy):
     for name in ("completed_p", "sp"):
         run = dataclasses.replace(demo_proxy, parameterisation=dataclasses.replace(
             demo_proxy.parameterisation, name=name, alpha=None))
-        out[name] = coord_check(run, CoordConfig())
+        out[name] = check_run(run, CoordConfig())
     return out
 
 
