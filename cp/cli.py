@@ -368,6 +368,47 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# data prepare
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Text or JSONL into DIR/train.bin, val.bin, tokenizer.json, meta.json, with a progress
+    bar per pass."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from .prepare import PrepareError, prepare
+
+    con = _console()
+    tasks: dict[str, TaskID] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=con, transient=False) as bar:
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done)
+
+        try:
+            meta = prepare(args.inputs, args.out, vocab_size=args.vocab_size,
+                           tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                           eos=args.eos, progress=progress)
+        except PrepareError as e:
+            raise UserError(str(e)) from None
+    con.print(f"{args.out}: {meta['train_tokens']:,} training and {meta['val_tokens']:,} "
+              f"validation tokens ({meta['train_documents']:,} + {meta['val_documents']:,} "
+              f"documents), vocabulary {meta['vocab_size']:,}, {meta['dtype']}. "
+              f"In a spec: data: {{tokens: {args.out}}}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,6 +468,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = spec_cmd("plan", "Print each stage with its run count and training tokens.")
     pl.set_defaults(fn=cmd_plan)
+
+    da = sub.add_parser("data", help="Data utilities.")
+    da_sub = da.add_subparsers(dest="data_command", required=True)
+    prep = da_sub.add_parser(
+        "prepare", help="Tokenise text or JSONL into memory-mapped token files.",
+        description="Tokenise text files (documents: paragraphs between blank lines) or JSONL "
+        "(documents: each line's 'text' field) into DIR/train.bin and DIR/val.bin (uint16 "
+        "when the vocabulary fits, else uint32), DIR/tokenizer.json and DIR/meta.json. A "
+        "document goes to validation when the first 8 bytes of the SHA-256 of its text are "
+        "below VAL_FRACTION * 2^64 (deterministic, independent of order). A spec reads the "
+        "directory with data: {tokens: DIR}.")
+    prep.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="text or .jsonl files, or a bundled corpus name (shakespeare)")
+    prep.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    how = prep.add_mutually_exclusive_group(required=True)
+    how.add_argument("--vocab-size", type=int, metavar="N",
+                     help="train a byte-level BPE tokenizer with N entries on the training "
+                     "documents (offline, Hugging Face tokenizers)")
+    how.add_argument("--tokenizer", metavar="FILE", help="a tokenizer.json to use instead")
+    prep.add_argument("--val-fraction", type=float, default=0.05,
+                      help="expected fraction of the documents held out (default 0.05)")
+    prep.add_argument("--eos", default=None, metavar="TOKEN",
+                      help="end-of-document token of a --tokenizer (default: the first of "
+                      "<|endoftext|>, </s>, <|end_of_text|>, <eos> in its vocabulary)")
+    prep.set_defaults(fn=cmd_data_prepare)
 
     from .stages import NAMES
 
