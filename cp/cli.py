@@ -103,10 +103,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
     run = _run_config(spec, args.model)
     m = scale_ratios(run.base_scale, run.scale)
     con = _console()
-    n = count_params(run.model_config(spec.data.vocab_size or 256))
+    if spec.arch.factory is None:
+        n = count_params(run.model_config(spec.data.vocab_size or 256))
+        model = f"~{n / 1e6:.2f}M params"
+    else:
+        model = f"model from {spec.arch.factory}, roles {spec.arch.roles}"
     con.print(f"[bold]{spec.name}[/] / model [bold]{args.model}[/]: "
               f"{info['parameterisation']} (alpha={info['alpha']:g}), "
-              f"~{n / 1e6:.2f}M params, {run.scale.steps} steps")
+              f"{model}, {run.scale.steps} steps")
     scale_tab = Table(show_header=True, header_style="bold")
     for col in ("", "width", "depth", "batch", "tokens", "seq_len", "tokens/step"):
         scale_tab.add_column(col, justify="right")
@@ -278,9 +282,11 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
 
 def cmd_spec_check(args: argparse.Namespace) -> int:
     spec = _load(args)
+    spec.check_models(args.spec)  # a factory: every model built on the meta device
     n_runs = sum(p.runs for p in _plan(spec))
+    model = f", model from {spec.arch.factory} (roles fit)" if spec.arch.factory else ""
     print(f"{args.spec}: ok -- study {spec.name!r}, models {', '.join(spec.models)}, base "
-          f"{spec.base}, {spec.parameterisation.name}; {n_runs} training runs planned")
+          f"{spec.base}, {spec.parameterisation.name}{model}; {n_runs} training runs planned")
     return 0
 
 

@@ -24,6 +24,8 @@ def run_stage(name: str, spec: Spec, study: Study, on_result: Optional[ResultHoo
     """Run stage ``name`` of ``spec`` in ``study``; returns what the stage returns. Raises
     `StageFailed` when the stage cannot succeed (the study stops there)."""
     stage = get(name)
+    if stage.trains or name == "check":  # builds models: a factory's must fit its roles
+        spec.check_models()
     spec.save(study)
     record_file = study.stage_record(name)
     started = time.time()

@@ -108,21 +108,29 @@ def build(run: RunConfig, vocab_size: int,
         return RunModel(gpt, list(gpt.tagged_parameters()), list(gpt.tagged_modules()),
                         settings, run.arch.z_loss)
     model = build_factory_model(run, vocab_size)
-    p = parameterisation(run).apply(model)
+    try:
+        p = parameterisation(run).apply(model)
+    except RoleError as e:
+        raise RoleError(f"arch.roles: {e}") from None
     p.init_()
     return RunModel(model, p.tagged, p.tagged_modules(), p.settings, run.arch.z_loss, p)
 
 
-def check_factory(run: RunConfig, vocab_size: int) -> Optional[str]:
+def check_factory(run: RunConfig, vocab_size: int) -> Optional[tuple[str, str]]:
     """None when the factory's model at the run's scale builds (on the meta device: no memory,
     no init) and its parameters fit the roles, with the width and depth of the scale; else
-    what is wrong."""
+    (spec key, what is wrong)."""
     try:
         with torch.device("meta"):
             model = build_factory_model(run, vocab_size)
+    except FactoryError as e:
+        return "arch.factory", str(e)
+    except Exception as e:  # the user's code failed: say how, without a traceback
+        return "arch.factory", f"the factory failed: {type(e).__name__}: {e}"
+    try:
         parameterisation(run).apply(model).remove()
-    except (FactoryError, RoleError, ParameterisationError) as e:
-        return str(e)
-    except Exception as e:  # the user's code failed: say where, without a traceback
-        return f"the factory failed: {type(e).__name__}: {e}"
+    except RoleError as e:
+        return "arch.roles", str(e)
+    except ParameterisationError as e:
+        return "arch.factory", str(e)
     return None

@@ -156,6 +156,33 @@ class Spec(RunSettings):
         self.launcher.check("launcher", problems, TRAINING)
         self.tracking.check("tracking", problems)
 
+    def check_models(self, file: Optional[str] = None) -> None:
+        """With ``arch.factory``: import it and build every model of the spec on the meta
+        device (no memory, no init), matching its parameters to ``arch.roles`` and its width
+        and depth to the model's; `SpecError` listing what does not fit. Imports torch and
+        runs the user's code, so `load_spec` leaves it to ``cpt spec check`` and to the
+        stages that build models."""
+        if self.arch.factory is None:
+            return
+        from .data import vocab_size
+        from .runmodel import check_factory
+
+        problems = Problems()
+        vocab = vocab_size(self.data)
+        seen: set[tuple[int, int, int]] = set()
+        for name, m in self.models.items():
+            if (m.width, m.depth, m.seq_len) in seen:
+                continue
+            seen.add((m.width, m.depth, m.seq_len))
+            found = check_factory(self.run_config(name), vocab)
+            if found:
+                key, message = found
+                problems(key, f"model {name} (width {m.width}, depth {m.depth}): {message}",
+                         "a factory whose model's parameters each match one role, at every "
+                         "model's width and depth")
+        if problems:
+            raise SpecError(file or f"the spec of study {self.name!r}", problems.items)
+
     def save(self, study: Study) -> None:
         """Keep the resolved spec (defaults filled in) in the study folder."""
         from omegaconf import OmegaConf

@@ -10,9 +10,10 @@ from tests.study_helpers import cpt, smoke_spec
 
 pytest.importorskip("tokenizers", reason="tokenizers is an optional extra")
 
-from cp.prepare import PrepareError, in_validation, prepare  # noqa: E402 (needs tokenizers)
+from cp.prepare import PrepareError, in_validation, prepare  # (needs tokenizers)
 
-WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven",
+         "wizards", "quietly", "hex"]
 
 
 def make_inputs(tmp_path, n=60):
@@ -100,7 +101,7 @@ def test_a_spec_reads_the_directory_and_its_vocabulary_from_meta(tmp_path):
     run = spec.run_config("proxy")
     data = TokenData(run.data)
     assert data.vocab_size == 320
-    x, y = data.train_batch(0, 4, 8, seed=0)
+    x, _ = data.train_batch(0, 4, 8, seed=0)
     assert x.shape == (4, 8) and int(x.max()) < 320
     assert np.array_equal(np.asarray(data.val), np.fromfile(tmp_path / "tok" / "val.bin",
                                                              dtype=np.uint16))
