@@ -69,8 +69,8 @@ class ArchConfig:
     from the table's init stds and adds forward hooks for the multipliers. The module is
     imported from the Python path, else from the working directory. Importing it runs your
     code, as Snakemake runs a Snakefile's: the spec check (``cpt spec check``, and each
-    training stage before it trains) imports it and builds every model of the spec on
-    torch's meta device to match the parameters to their roles. The other ``arch`` keys
+    stage that builds models, before it builds one) imports it and builds every model of
+    the spec on torch's meta device to match the parameters to their roles. The other ``arch`` keys
     except ``z_loss`` describe our GPT and do not apply."""
     roles: Any = None
     """With ``factory``: which group of the rule table (and which layer) each parameter of
