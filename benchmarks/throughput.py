@@ -110,7 +110,8 @@ def measure(width: int = 256, depth: int = 4, batch: int = 16, seq_len: int = 12
 
     torch.manual_seed(0)
     ours = GPT(cfg.model_config(data.vocab_size), settings).to(dev)
-    ours_opt, ours_sched = build_optimizer(ours, settings, ScheduleConfig(), 10**9)
+    ours_opt, ours_sched = build_optimizer(ours.tagged_parameters(), settings, ScheduleConfig(),
+                                           10**9)
     ref = RefGPT(data.vocab_size, width, depth, 32, ours.cfg.mlp_hidden, seq_len).to(dev)
     ref_opt = ref.configure_optimizer(3e-4, 0.1)
     n_ours = sum(p.numel() for p in ours.parameters())

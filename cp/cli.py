@@ -120,10 +120,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
     run = _run_config(spec, args.model)
     m = scale_ratios(run.base_scale, run.scale)
     con = _console()
-    n = count_params(run.model_config(spec.data.vocab_size or 256))
+    if spec.arch.factory is None:
+        n = count_params(run.model_config(spec.data.vocab_size or 256))
+        model = f"~{n / 1e6:.2f}M params"
+    else:
+        model = f"model from {spec.arch.factory}, roles {spec.arch.roles}"
     con.print(f"[bold]{spec.name}[/] / model [bold]{args.model}[/]: "
               f"{info['parameterisation']} (alpha={info['alpha']:g}), "
-              f"~{n / 1e6:.2f}M params, {run.scale.steps} steps")
+              f"{model}, {run.scale.steps} steps")
     scale_tab = Table(show_header=True, header_style="bold")
     for col in ("", "width", "depth", "batch", "tokens", "seq_len", "tokens/step"):
         scale_tab.add_column(col, justify="right")
@@ -309,9 +313,11 @@ def _size_warnings(spec: Spec) -> None:
 
 def cmd_spec_check(args: argparse.Namespace) -> int:
     spec = _load(args)
+    spec.check_models(args.spec)  # a factory: every model built on the meta device
     n_runs = sum(p.runs for p in _plan(spec))
+    model = f", model from {spec.arch.factory} (roles fit)" if spec.arch.factory else ""
     print(f"{args.spec}: ok -- study {spec.name!r}, models {', '.join(spec.models)}, base "
-          f"{spec.base}, {spec.parameterisation.name}; {n_runs} training runs planned")
+          f"{spec.base}, {spec.parameterisation.name}{model}; {n_runs} training runs planned")
     _size_warnings(spec)
     return 0
 
@@ -449,6 +455,47 @@ def _redo_elsewhere(study: Study) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------
+# data prepare
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Text or JSONL into DIR/train.bin, val.bin, tokenizer.json, meta.json, with a progress
+    bar per pass."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from .prepare import PrepareError, prepare
+
+    con = _console()
+    tasks: dict[str, TaskID] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=con, transient=False) as bar:
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done)
+
+        try:
+            meta = prepare(args.inputs, args.out, vocab_size=args.vocab_size,
+                           tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                           eos=args.eos, progress=progress)
+        except PrepareError as e:
+            raise UserError(str(e)) from None
+    con.print(f"{args.out}: {meta['train_tokens']:,} training and {meta['val_tokens']:,} "
+              f"validation tokens ({meta['train_documents']:,} + {meta['val_documents']:,} "
+              f"documents), vocabulary {meta['vocab_size']:,}, {meta['dtype']}. "
+              f"In a spec: data: {{tokens: {args.out}}}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,6 +555,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = spec_cmd("plan", "Print each stage with its run count and training tokens.")
     pl.set_defaults(fn=cmd_plan)
+
+    da = sub.add_parser("data", help="Data utilities.")
+    da_sub = da.add_subparsers(dest="data_command", required=True)
+    prep = da_sub.add_parser(
+        "prepare", help="Tokenise text or JSONL into memory-mapped token files.",
+        description="Tokenise text files (documents: paragraphs between blank lines) or JSONL "
+        "(documents: each line's 'text' field) into DIR/train.bin and DIR/val.bin (uint16 "
+        "when the vocabulary fits, else uint32), DIR/tokenizer.json and DIR/meta.json. A "
+        "document goes to validation when the first 8 bytes of the SHA-256 of its text are "
+        "below VAL_FRACTION * 2^64 (deterministic, independent of order). A spec reads the "
+        "directory with data: {tokens: DIR}.")
+    prep.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="text or .jsonl files, or a bundled corpus name (shakespeare)")
+    prep.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    how = prep.add_mutually_exclusive_group(required=True)
+    how.add_argument("--vocab-size", type=int, metavar="N",
+                     help="train a byte-level BPE tokenizer with N entries on the training "
+                     "documents (offline, Hugging Face tokenizers)")
+    how.add_argument("--tokenizer", metavar="FILE", help="a tokenizer.json to use instead")
+    prep.add_argument("--val-fraction", type=float, default=0.05,
+                      help="expected fraction of the documents held out (default 0.05)")
+    prep.add_argument("--eos", default=None, metavar="TOKEN",
+                      help="end-of-document token of a --tokenizer (default: the first of "
+                      "<|endoftext|>, </s>, <|end_of_text|>, <eos> in its vocabulary)")
+    prep.set_defaults(fn=cmd_data_prepare)
 
     from .stages import NAMES
 

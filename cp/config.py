@@ -42,7 +42,8 @@ from .schema import Problems, suggest
 
 @dataclass
 class ArchConfig:
-    """Architecture choices that stay fixed across the scales of a study."""
+    """Architecture choices that stay fixed across the scales of a study: our GPT's, or a
+    model of your own (``factory`` and ``roles``)."""
 
     head_dim: int = 32
     """Dimension of one attention head; the number of heads is width / head_dim."""
@@ -57,7 +58,28 @@ class ArchConfig:
     rope_base: float = 10000.0
     """RoPE base frequency."""
     z_loss: float = 0.0
-    """Coefficient of the z-loss (mean squared log-partition function); 0 turns it off."""
+    """Coefficient of the z-loss (mean squared log-partition function); 0 turns it off.
+    Applies to a factory's model too: the loss is computed from its logits."""
+    factory: Optional[str] = None
+    """Train your own model instead of our GPT: ``"package.module:function"``, called as
+    function(width, depth, vocab_size, seq_len) and returning a ``torch.nn.Module`` whose
+    forward(idx) returns the logits (a tensor, or an object with ``.logits`` as Hugging Face
+    models return); cp computes the cross-entropy (and the z-loss) from them. Every stage
+    trains it, parameterised through ``roles`` (`cp.parameterise`): cp re-initialises it
+    from the table's init stds and adds forward hooks for the multipliers. The module is
+    imported from the Python path, else from the working directory. Importing it runs your
+    code, as Snakemake runs a Snakefile's: the spec check (``cpt spec check``, and each
+    stage that builds models, before it builds one) imports it and builds every model of
+    the spec on torch's meta device to match the parameters to their roles. The other ``arch`` keys
+    except ``z_loss`` describe our GPT and do not apply."""
+    roles: Any = None
+    """With ``factory``: which group of the rule table (and which layer) each parameter of
+    the model is. A preset -- ``llama`` (Hugging Face LlamaForCausalLM; Qwen2 and Mistral
+    names too), ``gpt2`` (GPT2LMHeadModel, tied embeddings), ``cp`` (our GPT) -- or a map of
+    regular expressions over parameter names to a group (block groups capture the layer
+    index: ``'model\\.layers\\.(\\d+)\\.mlp\\.down_proj\\.weight': mlp_down``) or to
+    ``{group: ..., init: normal | ones | zeros}`` (zeros: a bias). A parameter matched by no
+    pattern or by two is an error."""
 
     def check(self, at: str, problems: Problems) -> None:
         problems.range(f"{at}.head_dim", self.head_dim, self.head_dim > 0 and
@@ -66,10 +88,43 @@ class ArchConfig:
         problems.at_least(f"{at}.z_loss", self.z_loss, 0)
         problems.positive(f"{at}.norm_eps", self.norm_eps)
         problems.positive(f"{at}.rope_base", self.rope_base)
+        self.check_factory(at, problems)
+
+    def check_factory(self, at: str, problems: Problems) -> None:
+        """The factory's form and module, and the roles (without importing anything)."""
+        from .roles import PRESETS, check_roles
+
+        if self.factory is None:
+            if self.roles is not None:
+                problems(f"{at}.roles", "roles without a factory: our GPT has its own",
+                         "leave roles out, or set arch.factory")
+            return
+        problem = factory_problem(self.factory)
+        if problem:
+            problems(f"{at}.factory", problem, '"package.module:function", importable from '
+                     "the Python path or the working directory")
+        if self.roles is None:
+            problems(f"{at}.roles", "a factory's model needs a role map",
+                     f"a preset ({', '.join(PRESETS)}) or a map of name patterns to groups")
+            return
+        problem = check_roles(self.roles)
+        if problem:
+            problems(f"{at}.roles", problem,
+                     f"a preset ({', '.join(PRESETS)}) or a map of name patterns to groups")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields hashed into run ids; ``factory`` and ``roles`` only when set (so runs of
+        our GPT keep the ids they had before these keys existed)."""
+        out = _flat(self)
+        for k in ("factory", "roles"):
+            if out[k] is None:
+                del out[k]
+        return out
 
     def check_width(self, key: str, width: int, problems: Problems) -> None:
-        """A width this architecture can have: a multiple of the head dimension."""
-        if self.head_dim > 0 and width % self.head_dim:
+        """A width this architecture can have: a multiple of the head dimension (for our GPT;
+        a factory's model is checked by building it)."""
+        if self.factory is None and self.head_dim > 0 and width % self.head_dim:
             problems(key, f"{width} is not a multiple of arch.head_dim ({self.head_dim})",
                      f"a positive multiple of {self.head_dim}")
 
@@ -93,10 +148,40 @@ class ModelConfig:
         return round(self.arch.mlp_ratio * self.width)
 
 
+def factory_problem(factory: str) -> Optional[str]:
+    """None when ``factory`` is ``package.module:function`` with a module Python can find
+    (looked up, not imported), else what is wrong."""
+    import importlib.util
+    import os
+    import sys
+
+    module, _, function = factory.partition(":")
+    if not (module and function.isidentifier() and
+            all(part.isidentifier() for part in module.split("."))):
+        return f"{factory!r} is not of the form package.module:function"
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.append(os.getcwd())
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError) as e:
+        return f"module {module!r} cannot be found: {e}"
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    return None if found else f"no module {module!r} on the Python path or in the working " \
+        "directory"
+
+
 def model_groups(arch: ArchConfig) -> list[str]:
-    """The parameter groups a model with this architecture has."""
+    """The parameter groups a model with this architecture has (a factory's model: the groups
+    its role map names)."""
     from .scaling import GROUPS
 
+    if arch.factory is not None and arch.roles is not None:
+        from .roles import RoleMap
+
+        return RoleMap.of(arch.roles).groups()
     skip = set()
     if arch.mlp != "swiglu":
         skip.add("mlp_gate")
@@ -341,10 +426,10 @@ class RunConfig(RunSettings):
         settings = self.settings() if settings is None else settings
         return {
             "scale": _flat(self.scale),
-            "arch": _flat(self.arch),
+            "arch": self.arch.fingerprint(),
             "settings": [s.as_dict() for s in settings],
             "schedule": _flat(self.schedule),
-            "data": _flat(self.data),
+            "data": self.data.fingerprint(),
             "train": _flat(self.train),
             "seed": self.seed,
             "stream": self.stream,

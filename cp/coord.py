@@ -1,9 +1,11 @@
 """Coordinate check: do activations and their updates keep their size as width and depth grow?
 
 For models at several widths (base depth) and several depths (base width), all with HPs
-transferred from the base by the parameterisation under test, we record on a fixed probe batch
-the RMS of every group's output at initialisation and after a few Adam steps at the base
-learning rate:
+transferred from the base by the parameterisation under test -- a study's models
+(`check_run`: our GPT or its ``arch.factory``), or any model builder (`coord_check`, exported
+as ``cp.coord_check``; the same measuring, fits, verdicts and plot) -- we record on a fixed
+probe batch the RMS of every group's output at initialisation and after a few Adam steps at
+the base learning rate:
 
 - ``act``: RMS of the output after the steps;
 - ``delta``: RMS of the change of the output caused by the steps.
@@ -17,17 +19,22 @@ near their expected value (see `expected_slope`); a wrong one shows slopes of ab
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 import numpy as np
 
 from .config import RunConfig
-from .scaling import BLOCK_GROUPS, Scale
+from .data import DataConfig, TokenData
+from .scaling import BLOCK_GROUPS, RuleTable
 from .schedule import ScheduleConfig
 from .schema import Problems
+
+if TYPE_CHECKING:
+    from .runmodel import RunModel
 
 # Pseudo-groups measured besides the parameter groups.
 RESIDUAL = "residual"  # the residual stream entering the final norm
@@ -89,27 +96,21 @@ class CoordConfig:
         problems.positive(f"{at}.tolerance", self.tolerance)
 
 
-def _scaled(base: Scale, axis: str, ratio: float) -> Scale:
-    if axis == "width":
-        return dataclasses.replace(base, width=round(base.width * ratio))
-    return dataclasses.replace(base, depth=max(1, round(base.depth * ratio)))
+Builder = Callable[[int, int], "RunModel"]
+"""(width, depth) -> a model of the check, built on the CPU from torch's global generator."""
 
 
-def measure(run: RunConfig, ccfg: CoordConfig, seed: int) -> dict[tuple[str, str], float]:
-    """{(group, quantity): size} for one model (``run.scale``) and one seed."""
+def measure(build: Callable[[], RunModel], data: TokenData, ccfg: CoordConfig, seq_len: int,
+            seed: int) -> dict[tuple[str, str], float]:
+    """{(group, quantity): size} for the model ``build`` makes, with one seed."""
     import torch
 
-    from .data import TokenData
-    from .model import GPT
     from .optim import build_optimizer
 
-    data = TokenData(run.data)
-    seq_len = min(ccfg.seq_len, run.scale.seq_len)
-    settings = run.settings()
     torch.manual_seed(seed)
-    model = GPT(run.model_config(data.vocab_size), settings)
-    opt, sched = build_optimizer(model, settings, ScheduleConfig(warmup=0.0, decay="constant"),
-                                 ccfg.steps)
+    model = build()
+    opt, sched = build_optimizer(model.tagged, model.settings,
+                                 ScheduleConfig(warmup=0.0, decay="constant"), ccfg.steps)
 
     captured: dict[tuple[str, Optional[int]], torch.Tensor] = {}
 
@@ -125,23 +126,27 @@ def measure(run: RunConfig, ccfg: CoordConfig, seed: int) -> dict[tuple[str, str
             captured[key] = args[0].detach().float().clone()
         return fn
 
-    handles = [m.register_forward_hook(hook((g, layer))) for g, layer, m in
-               model.tagged_modules()]
-    handles.append(model.blocks[0].register_forward_pre_hook(pre_hook(("embedding", None))))
-    handles.append(model.final_norm.register_forward_pre_hook(pre_hook((RESIDUAL, None))))
+    # The embedding's output is what the first block's attention norm reads (a pre-norm
+    # block); the residual stream at the end is what the final norm reads.
+    by_key = {(g, layer): m for g, layer, m in model.modules}
+    handles = [m.register_forward_hook(hook((g, layer))) for g, layer, m in model.modules]
+    for (group, layer), key in ((("attn_norm", 0), ("embedding", None)),
+                                (("final_norm", None), (RESIDUAL, None))):
+        if (group, layer) in by_key:
+            handles.append(by_key[group, layer].register_forward_pre_hook(pre_hook(key)))
 
     probe_x, _ = data.train_batch(10**6 + seed, ccfg.batch, seq_len, seed)
 
     def probe() -> dict:
         captured.clear()
         with torch.no_grad():
-            model(probe_x)
+            model.module(probe_x)
         return dict(captured)
 
     before = probe()
     for step in range(ccfg.steps):
         x, y = data.train_batch(step, ccfg.batch, seq_len, seed)
-        loss, _ = model(x, y)
+        loss, _ = model.loss(model.module(x), y)
         loss.backward()
         opt.step()
         sched.step()
@@ -178,30 +183,35 @@ class CoordResult:
     def failures(self) -> list[dict]:
         return [f for f in self.fits if f["verdict"] == "fail"]
 
+    def plot(self, path: Path | str) -> Path:
+        """The figure of `cpt coord-check` (PNG) at ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(self, path)
+        return path
+
 
 def _slope(xs: list[float], ys: list[float]) -> float:
     lx, ly = np.log(xs), np.log(np.maximum(ys, 1e-30))
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def coord_check(run: RunConfig, ccfg: Optional[CoordConfig] = None,
-                progress: Optional[Callable[..., None]] = None) -> CoordResult:
-    """Run the coordinate check for ``run``'s parameterisation around its base scale."""
-    ccfg = ccfg or CoordConfig()
-    table = run.table()
-    base = dataclasses.replace(run.base_scale)
+def _check(build: Builder, base_width: int, base_depth: int, widths: list[int],
+           depths: list[int], ccfg: CoordConfig, data: TokenData, seq_len: int,
+           table: RuleTable, progress: Optional[Callable[..., None]]) -> CoordResult:
+    """Measure every model (widths at the base depth, depths at the base width), fit the
+    slopes and judge them: what both `check_run` and `coord_check` do."""
     result = CoordResult(parameterisation=table.name)
-    jobs = [(axis, r) for axis, ratios in (("width", ccfg.width_ratios),
-                                           ("depth", ccfg.depth_ratios)) for r in ratios]
-    for i, (axis, ratio) in enumerate(jobs):
-        scale = _scaled(base, axis, ratio)
-        cfg = dataclasses.replace(run, scale=scale, base_scale=base)
-        per_seed = [measure(cfg, ccfg, seed) for seed in range(ccfg.seeds)]
+    jobs = [("width", w, base_depth, w / base_width) for w in widths] + \
+        [("depth", base_width, d, d / base_depth) for d in depths]
+    for i, (axis, width, depth, ratio) in enumerate(jobs):
+        at = functools.partial(build, width, depth)
+        per_seed = [measure(at, data, ccfg, seq_len, seed) for seed in range(ccfg.seeds)]
         for key in per_seed[0]:
             group, quantity = key
             value = float(np.mean([m[key] for m in per_seed]))
-            result.rows.append({"axis": axis, "ratio": float(ratio), "width": scale.width,
-                                "depth": scale.depth, "group": group, "quantity": quantity,
+            result.rows.append({"axis": axis, "ratio": float(ratio), "width": width,
+                                "depth": depth, "group": group, "quantity": quantity,
                                 "value": value})
         if progress:
             progress(i + 1, len(jobs), axis, ratio)
@@ -219,6 +229,81 @@ def coord_check(run: RunConfig, ccfg: Optional[CoordConfig] = None,
             result.fits.append({"axis": axis, "group": group, "quantity": quantity,
                                 "slope": slope, "expected": exp, "verdict": verdict})
     return result
+
+
+def check_run(run: RunConfig, ccfg: Optional[CoordConfig] = None,
+              progress: Optional[Callable[..., None]] = None) -> CoordResult:
+    """The coordinate check of ``run``'s model (our GPT or its ``arch.factory``) and
+    parameterisation around its base scale: what the check stage and `cpt coord-check` run."""
+    from .runmodel import build
+
+    ccfg = ccfg or CoordConfig()
+    data = TokenData(run.data)
+    base = run.base_scale
+
+    def build_at(width: int, depth: int) -> RunModel:
+        scale = dataclasses.replace(base, width=width, depth=depth)
+        return build(dataclasses.replace(run, scale=scale, base_scale=base), data.vocab_size)
+
+    widths = [round(base.width * r) for r in ccfg.width_ratios]
+    depths = [max(1, round(base.depth * r)) for r in ccfg.depth_ratios]
+    return _check(build_at, base.width, base.depth, widths, depths, ccfg, data,
+                  min(ccfg.seq_len, run.scale.seq_len), run.table(), progress)
+
+
+def coord_check(build_model: Callable[[int, int, int, int], Any], widths: list[int],
+                depths: list[int], *, roles: Any, table: Union[str, RuleTable] = "completed_p",
+                base_width: Optional[int] = None, base_depth: Optional[int] = None,
+                hps: Any = None, factors: Any = None, data: Optional[DataConfig] = None,
+                steps: int = 5, batch: int = 8, seq_len: int = 64, seeds: int = 2,
+                tolerance: float = 0.2, progress: Optional[Callable[..., None]] = None
+                ) -> CoordResult:
+    """The coordinate check of any model builder, with the verdicts and plot of
+    ``cpt coord-check``.
+
+    ``build_model(width, depth, vocab_size, seq_len)`` returns a module whose forward(idx)
+    returns logits (the signature of ``arch.factory``). Each model is parameterised with
+    ``table`` through ``roles`` (`cp.parameterise`), its base HPs ``hps`` given at the base
+    model (default: the smallest of ``widths`` and of ``depths``). The width axis is checked
+    at the base depth and the depth axis at the base width, ``steps`` Adam steps of ``batch``
+    sequences of ``seq_len`` tokens of ``data`` (default: the bundled corpus, byte-level),
+    averaged over ``seeds``. ``result.passed``, ``result.failures()``, ``result.plot(path)``.
+    """
+    import torch
+
+    from .parameterisation import parameterise
+    from .runmodel import FactoryError, RunModel
+
+    ccfg = CoordConfig(width_ratios=[float(w) for w in widths],
+                       depth_ratios=[float(d) for d in depths], steps=steps, batch=batch,
+                       seq_len=seq_len, seeds=seeds, tolerance=tolerance)
+    problems = Problems()
+    ccfg.check("coord_check", problems)
+    if problems:
+        raise ValueError("; ".join(f"{p.key}: {p.message} ({p.allowed})"
+                                   for p in problems.items))
+    data_ = TokenData(data or DataConfig())
+    if isinstance(table, str):
+        from .scaling import build_table
+
+        table = build_table(table)
+    bw, bd = base_width or min(widths), base_depth or min(depths)
+    tokens = batch * seq_len * max(1, steps)
+
+    def build_at(width: int, depth: int) -> RunModel:
+        model = build_model(width, depth, data_.vocab_size, seq_len)
+        if not isinstance(model, torch.nn.Module):
+            raise FactoryError(f"build_model returned {type(model).__name__}, not a "
+                               "torch.nn.Module")
+        scale = {"width": width, "depth": depth, "batch": batch, "tokens": tokens,
+                 "seq_len": seq_len}
+        p = parameterise(model, table, base={**scale, "width": bw, "depth": bd}, scale=scale,
+                         roles=roles, hps=hps, factors=factors)
+        p.init_()
+        return RunModel(model, p.tagged, p.tagged_modules(), p.settings, 0.0, p)
+
+    return _check(build_at, bw, bd, sorted(widths), sorted(depths), ccfg, data_, seq_len, table,
+                  progress)
 
 
 def write_outputs(result: CoordResult, measurements: Path, fits: Path, plot_file: Path) -> None:

@@ -1,16 +1,19 @@
 """Token data: the bundled corpus, users' text or token files, deterministic batches.
 
-Everything ends up as a flat, memory-mapped array of token ids. Text (the bundled Shakespeare,
+Everything ends up as flat, memory-mapped arrays of token ids. Text (the bundled Shakespeare,
 or any UTF-8 file) is tokenised byte-level (vocabulary 256) into a cache file once; users with
 their own tokeniser point ``corpus`` at a binary token file (nanoGPT's ``.bin`` format: raw
-little-endian ids) or a ``.npy`` array. Batches depend only on (seed, step), so a resumed run
-sees exactly the batches it would have seen, and every run of a study is evaluated on the same
-validation sequences.
+little-endian ids) or a ``.npy`` array, or ``tokens`` at a directory that ``cpt data prepare``
+wrote (`TokenDir`: train and validation tokens in separate files, the vocabulary size in its
+meta.json). Batches depend only on (seed, step), so a resumed run sees exactly the batches it
+would have seen, and every run of a study is evaluated on the same validation sequences.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import lzma
 import os
 from collections.abc import Callable, Iterator
@@ -34,6 +37,8 @@ BUNDLED = {
 }
 BYTE_VOCAB = 256
 DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
+#: Files read as text (tokenised byte-level) rather than as token ids.
+TEXT_SUFFIXES = (".txt", ".text", ".md")
 
 
 @dataclass
@@ -49,8 +54,18 @@ class DataConfig:
     """Vocabulary size for token files (default: max id + 1); 256 for text."""
     val_fraction: float = 0.05
     """Fraction of the tokens, taken from the end, held out for validation."""
+    tokens: Optional[str] = None
+    """A directory written by ``cpt data prepare`` (train.bin, val.bin, meta.json). When set,
+    the tokens and their train/validation split come from there and the vocabulary size from
+    its meta.json; ``corpus``, ``dtype``, ``vocab_size`` and ``val_fraction`` do not apply."""
 
     def check(self, at: str, problems: Problems) -> None:
+        if self.tokens is not None:
+            problem = TokenDir(self.tokens).problem()
+            if problem:
+                problems(f"{at}.tokens", problem, "a directory written by `cpt data prepare "
+                         "INPUT... --out DIR` (paths are relative to the working directory)")
+            return
         if self.corpus not in BUNDLED and not Path(self.corpus).expanduser().exists():
             problems(f"{at}.corpus", f"{self.corpus!r} is neither a bundled corpus nor an "
                      "existing file (paths are relative to the working directory)",
@@ -59,6 +74,99 @@ class DataConfig:
                        "0 < val_fraction < 0.5")
         if self.vocab_size is not None:
             problems.at_least(f"{at}.vocab_size", self.vocab_size, 1)
+
+
+    def fingerprint(self) -> dict:
+        """What of this config determines a run's tokens (hashed into run ids): its fields,
+        and for a prepared directory the hash of its meta.json (which holds the tokenizer's
+        and the sources' hashes and the token counts) instead of the fields that do not
+        apply."""
+        if self.tokens is None:
+            return {f: getattr(self, f) for f in ("corpus", "dtype", "vocab_size",
+                                                  "val_fraction")}
+        return {"tokens": self.tokens, "meta_sha256": TokenDir(self.tokens).meta_sha256()}
+
+
+class TokenDir:
+    """The files of a prepared token directory: ``train.bin`` and ``val.bin`` (raw
+    little-endian ids of meta's ``dtype``), ``meta.json`` and the ``tokenizer.json`` that
+    made them (`cp.prepare` writes them)."""
+
+    META_KEYS = ("vocab_size", "dtype", "train_tokens", "val_tokens", "tokenizer_sha256",
+                 "sources")
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train.bin"
+
+    @property
+    def val(self) -> Path:
+        return self.root / "val.bin"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    def problem(self) -> Optional[str]:
+        """None when the directory holds a complete prepared corpus, else what is wrong."""
+        if not self.root.is_dir():
+            return f"{str(self.root)!r} is not a directory"
+        missing = [p.name for p in (self.train, self.val, self.meta) if not p.exists()]
+        if missing:
+            return f"{self.root} lacks {', '.join(missing)}"
+        try:
+            meta = json.loads(self.meta.read_text())
+        except (OSError, ValueError) as e:
+            return f"{self.meta} cannot be read: {e}"
+        absent = [k for k in self.META_KEYS if k not in meta]
+        if absent:
+            return f"{self.meta} lacks {', '.join(absent)}"
+        if meta["dtype"] not in DTYPES:
+            return f"{self.meta}: dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}"
+        return None
+
+    def read_meta(self) -> dict:
+        problem = self.problem()
+        if problem:
+            raise FileNotFoundError(f"data.tokens: {problem}")
+        return json.loads(self.meta.read_text())
+
+    def meta_sha256(self) -> str:
+        return _file_sha256(str(self.meta), *_stat(self.meta))
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Cached by (path, size, mtime): planning asks once per run, for thousands of runs.
+    if size < 0:
+        return ""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def vocab_size(cfg: DataConfig) -> int:
+    """The vocabulary size of ``cfg``'s tokens (reads a token file only when it must)."""
+    if cfg.tokens is not None:
+        return int(TokenDir(cfg.tokens).read_meta()["vocab_size"])
+    if cfg.vocab_size is not None:
+        return cfg.vocab_size
+    if cfg.corpus in BUNDLED or Path(cfg.corpus).suffix in TEXT_SUFFIXES:
+        return BYTE_VOCAB
+    return TokenData(cfg).vocab_size
 
 
 def cache_dir() -> Path:
@@ -95,7 +203,7 @@ def token_file(cfg: DataConfig) -> tuple[Path, Optional[type]]:
             f"corpus {cfg.corpus!r} is neither a bundled corpus ({', '.join(BUNDLED)}) "
             "nor an existing file"
         )
-    if path.suffix in (".txt", ".text", ".md"):
+    if path.suffix in TEXT_SUFFIXES:
         st = path.stat()
         fp = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
         return _byte_tokens_file(path.stem, path.read_bytes, fp), np.uint8
@@ -109,16 +217,25 @@ class TokenData:
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
-        path, dtype = token_file(cfg)
-        if dtype is None:
+        self.tokens: Optional[np.ndarray] = None
+        """The one array both splits are views of (None for a prepared directory)."""
+        if cfg.tokens is not None:
+            folder = TokenDir(cfg.tokens)
+            meta = folder.read_meta()
+            self.train = np.memmap(folder.train, dtype=DTYPES[meta["dtype"]], mode="r")
+            self.val = np.memmap(folder.val, dtype=DTYPES[meta["dtype"]], mode="r")
+            self.vocab_size = int(meta["vocab_size"])
+            return
+        path, file_dtype = token_file(cfg)
+        if file_dtype is None:
             tokens = np.load(path, mmap_mode="r")
         else:
-            tokens = np.memmap(path, dtype=dtype, mode="r")
+            tokens = np.memmap(path, dtype=file_dtype, mode="r")
         if tokens.ndim != 1:
             raise ValueError(f"{path}: expected a flat array of token ids, got shape "
                              f"{tokens.shape}")
         self.tokens = tokens
-        text = dtype is np.uint8 and cfg.vocab_size is None
+        text = file_dtype is np.uint8 and cfg.vocab_size is None
         self.vocab_size = BYTE_VOCAB if text else (cfg.vocab_size or int(tokens.max()) + 1)
         n_val = val_tokens(len(tokens), cfg.val_fraction)
         if not 0 < n_val < len(tokens):

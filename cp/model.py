@@ -10,12 +10,14 @@ output projection (``attn_out``, ``mlp_down``), so no depth factor is hidden in 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .roles import CP_BLOCK_PARAMS, CP_TOP_PARAMS
 from .scaling import GroupSettings
 
 
@@ -124,15 +126,28 @@ class Block(nn.Module):
         return h + self.mlp(self.mlp_norm(h))
 
 
-# Parameter name suffix (inside a block, or at top level) -> group.
-_BLOCK_PARAM_GROUPS = {
-    "attn_norm.gain": "attn_norm", "attn.q.weight": "attn_q", "attn.k.weight": "attn_k",
-    "attn.v.weight": "attn_v", "attn.q_norm.gain": "qk_norm_q", "attn.k_norm.gain": "qk_norm_k",
-    "attn.out.weight": "attn_out", "mlp_norm.gain": "mlp_norm", "mlp.up.weight": "mlp_up",
-    "mlp.gate.weight": "mlp_gate", "mlp.down.weight": "mlp_down",
-}
-_TOP_PARAM_GROUPS = {"embedding": "embedding", "final_norm.gain": "final_norm",
-                     "unembedding.weight": "unembedding"}
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits a model's forward returned: the tensor itself, or the ``.logits`` of an
+    output object (as Hugging Face models return)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(f"the model's forward returned {type(output).__name__}; cp needs the "
+                    "logits: a (batch, seq_len, vocab) tensor, or an object with .logits")
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to optimise, cross-entropy) of next-token logits: the cross-entropy in fp32, plus
+    ``z_loss`` times the mean squared log-partition function when it is not 0."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+    if not z_loss:
+        return ce, ce
+    z = torch.logsumexp(logits, dim=-1)
+    return ce + z_loss * (z * z).mean(), ce
 
 
 class GPT(nn.Module):
@@ -176,9 +191,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.startswith("blocks."):
                 _, layer, rest = name.split(".", 2)
-                yield _BLOCK_PARAM_GROUPS[rest], int(layer), name, p
+                yield CP_BLOCK_PARAMS[rest], int(layer), name, p
             else:
-                yield _TOP_PARAM_GROUPS[name], None, name, p
+                yield CP_TOP_PARAMS[name], None, name, p
 
     def tagged_modules(self) -> Iterator[tuple[str, int | None, nn.Module]]:
         """(group, layer, module) for every module that owns a group's parameter; the module's
@@ -200,9 +215,4 @@ class GPT(nn.Module):
         logits = self.unembedding(self.final_norm(h))
         if targets is None:
             return logits
-        logits = logits.float()
-        ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-        if not self.cfg.arch.z_loss:
-            return ce, ce
-        z = torch.logsumexp(logits, dim=-1)
-        return ce + self.cfg.arch.z_loss * (z * z).mean(), ce
+        return lm_loss(logits, targets, self.cfg.arch.z_loss)

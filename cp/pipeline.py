@@ -79,6 +79,8 @@ def redo_hint(study: Study, path: Path) -> str:
 def _run_once(name: str, spec: Spec, study: Study, on_result: Optional[ResultHook],
               echo: Callable[[str], None]) -> Any:
     stage = get(name)
+    if stage.trains or name == "check":  # builds models: a factory's must fit its roles
+        spec.check_models()
     spec.save(study)
     record_file = study.stage_record(name)
     started = time.time()

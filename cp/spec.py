@@ -189,6 +189,7 @@ class Spec(RunSettings):
                      f"({', '.join(choosing)}): a number measured on it would be in-sample",
                      "judging seeds that no choosing run uses (e.g. targets.seeds: [1, 2] "
                      "with sweeps.seeds: [0])")
+
     def model_params(self) -> dict[str, int]:
         """Each model's parameter count (`cp.config.count_params`; the vocabulary of a token
         file counts as 256 unless ``data.vocab_size`` says otherwise)."""
@@ -228,6 +229,33 @@ class Spec(RunSettings):
                          f"{self.data.corpus!r} has {train:,} training and {val:,} validation "
                          f"split tokens (val_fraction {self.data.val_fraction:g})",
                          f"at most {longest:,}, or a larger corpus")
+
+    def check_models(self, file: Optional[str] = None) -> None:
+        """With ``arch.factory``: import it and build every model of the spec on the meta
+        device (no memory, no init), matching its parameters to ``arch.roles`` and its width
+        and depth to the model's; `SpecError` listing what does not fit. Imports torch and
+        runs the user's code, so `load_spec` leaves it to ``cpt spec check`` and to the
+        stages that build models."""
+        if self.arch.factory is None:
+            return
+        from .data import vocab_size
+        from .runmodel import check_factory
+
+        problems = Problems()
+        vocab = vocab_size(self.data)
+        seen: set[tuple[int, int, int]] = set()
+        for name, m in self.models.items():
+            if (m.width, m.depth, m.seq_len) in seen:
+                continue
+            seen.add((m.width, m.depth, m.seq_len))
+            found = check_factory(self.run_config(name), vocab)
+            if found:
+                key, message = found
+                problems(key, f"model {name} (width {m.width}, depth {m.depth}): {message}",
+                         "a factory whose model's parameters each match one role, at every "
+                         "model's width and depth")
+        if problems:
+            raise SpecError(file or f"the spec of study {self.name!r}", problems.items)
 
     def save(self, study: Study) -> None:
         """Keep the resolved spec (defaults filled in) in the study folder; values written

@@ -29,8 +29,8 @@ import torch
 from .config import STREAMS, RunConfig, RunResult, Status
 from .data import TokenData
 from .distributed import rank_and_world
-from .model import GPT
 from .optim import build_optimizer
+from .runmodel import RunModel, build
 from .study import RunFolder, set_aside
 
 LogFn = Callable[[dict[str, Any]], None]
@@ -74,16 +74,17 @@ class _Divergence:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: TokenData, cfg: RunConfig, device: torch.device,
+def evaluate(rm: RunModel, data: TokenData, cfg: RunConfig, device: torch.device,
              autocast: Callable[[], Any]) -> float:
     """Mean cross-entropy over the fixed validation sequences."""
+    model = rm.module
     model.eval()
     total, count = 0.0, 0
     batch = min(cfg.scale.batch, 64)
     for x, y in data.val_batches(cfg.train.eval_sequences, cfg.scale.seq_len, batch):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
-            _, ce = model(x, y)
+            _, ce = rm.loss(model(x), y)
         total += ce.item() * x.shape[0]
         count += x.shape[0]
     model.train()
@@ -174,12 +175,14 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
     if total_steps < 1:
         raise ValueError(f"{cfg.scale.tokens} tokens make no step of {cfg.scale.batch} x "
                          f"{cfg.scale.seq_len} tokens")
-    def fresh() -> tuple[GPT, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def fresh() -> tuple[RunModel, torch.optim.Optimizer,
+                         torch.optim.lr_scheduler.LRScheduler]:
         torch.manual_seed(cfg.seed)
-        model = GPT(cfg.model_config(data.vocab_size), settings).to(device)
-        return (model, *build_optimizer(model, settings, cfg.schedule, total_steps))
+        rm = build(cfg, data.vocab_size, settings).to(device)
+        return (rm, *build_optimizer(rm.tagged, rm.settings, cfg.schedule, total_steps))
 
-    model, opt, sched = fresh()
+    rm, opt, sched = fresh()
+    model = rm.module
     n_params = sum(p.numel() for p in model.parameters())
 
     state: dict[str, Any] = {"step": 0, "eval_curve": [], "train_curve": [], "train_time": 0.0,
@@ -196,7 +199,8 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
             if writer and ckpt_path is not None:
                 set_aside(ckpt_path, f"its state does not fit the model: {type(e).__name__}",
                           "the run starts again from step 0")
-            model, opt, sched = fresh()
+            rm, opt, sched = fresh()
+            model = rm.module
         else:
             if log:
                 log({"event": "resumed", "step": state["step"], "total_steps": total_steps})
@@ -211,6 +215,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
         rows = slice(rank, None, world)
         n_rows = len(range(rank, cfg.scale.batch, world))
     fwd = torch.compile(fwd) if rt.compile else fwd
+    loss_of = torch.compile(rm.loss) if rt.compile else rm.loss
     # DDP averages gradients over ranks; scaling each rank's mean loss by its share of the
     # global batch makes that average the gradient of the global batch's mean loss (exact for
     # uneven splits too).
@@ -261,7 +266,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
                                 stream=STREAMS[cfg.stream])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
-            loss, ce = fwd(x, y)
+            loss, ce = loss_of(fwd(x), y)
         (loss if loss_scale == 1 else loss * loss_scale).backward()
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -285,7 +290,7 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
                      "train_loss": state["train_curve"][-1][1]})
         if is_eval:
             stop_train_clock()
-            val = evaluate(model, data, cfg, device, autocast)
+            val = evaluate(rm, data, cfg, device, autocast)
             clock["train_from"] = time.perf_counter()
             if not math.isfinite(val):
                 reason = f"non-finite validation loss ({val})"

@@ -21,11 +21,13 @@ CP = Path(__file__).parent.parent / "cp"
 FLOORS = [
     ["cp", "cp.schema", "cp.yamlsafe", "cp.scaling", "cp.scaling.*", "cp.corpora"],
     ["cp.data", "cp.schedule", "cp.resources", "cp.doc", "cp.provenance", "cp.search",
-     "cp.search.*"],
+     "cp.search.*", "cp.roles", "cp.prepare"],
     ["cp.config"],
     ["cp.study"],
     ["cp.estimate"],
-    ["cp.model", "cp.optim", "cp.distributed", "cp.analysis", "cp.plots", "cp.lock"],
+    ["cp.model", "cp.optim", "cp.distributed", "cp.analysis", "cp.plots", "cp.lock",
+     "cp.parameterisation"],
+    ["cp.runmodel"],
     ["cp.train", "cp.coord"],
     ["cp.execute"],
     ["cp.slurm"],
@@ -185,7 +187,8 @@ def test_the_rule_tables_import_nothing_outside_scaling_and_no_torch():
 
 
 @pytest.mark.parametrize("module", ["cp.train", "cp.model", "cp.optim", "cp.data",
-                                    "cp.distributed"])
+                                    "cp.distributed", "cp.parameterisation", "cp.runmodel",
+                                    "cp.roles", "cp.prepare"])
 def test_training_reaches_neither_tracking_nor_the_cli(module):
     reached = closure(module)
     assert not {m for m in reached if m.startswith(("cp.tracking", "cp.cli", "cp.pipeline"))}

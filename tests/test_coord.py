@@ -2,7 +2,7 @@
 
 import pytest
 
-from cp.coord import CoordConfig, coord_check, write_outputs
+from cp.coord import CoordConfig, check_run, write_outputs
 from cp.spec import load_spec
 
 
@@ -19,7 +19,7 @@ def results(demo_proxy):
     for name in ("completed_p", "sp"):
         run = dataclasses.replace(demo_proxy, parameterisation=dataclasses.replace(
             demo_proxy.parameterisation, name=name, alpha=None))
-        out[name] = coord_check(run, CoordConfig())
+        out[name] = check_run(run, CoordConfig())
     return out
 
 
@@ -54,3 +54,24 @@ def test_outputs_are_a_table_and_a_png(results, tmp_path):
     write_outputs(results["sp"], paths["measurements"], paths["fits"], paths["plot"])
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "slope" in paths["fits"].read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_cp_coord_check_passes_a_llama_under_completed_p_and_fails_it_under_sp(tmp_path):
+    """The same check on a Hugging Face model through its role map (cp.coord_check)."""
+    import cp
+
+    hf = pytest.importorskip("tests.hf_models", reason="transformers is an optional extra")
+    widths, depths = [32, 64, 128, 256], [2, 4, 8, 16]
+    good = cp.coord_check(hf.llama, widths, depths, roles="llama", table="completed_p",
+                          hps={"lr": 0.01})
+    assert good.passed, good.failures()
+    assert {r["group"] for r in good.rows} >= {"attn_q", "mlp_down", "logits", "residual",
+                                               "embedding"}
+    bad = cp.coord_check(hf.llama, widths, depths, roles="llama", table="sp", hps={"lr": 0.01},
+                         seeds=1)
+    fails = {(f["axis"], f["group"], f["quantity"]): f["slope"] for f in bad.failures()}
+    assert fails[("width", "mlp_up", "delta")] > 0.5      # SP's updates grow with width
+    assert fails[("depth", "residual", "act")] > 0.3      # and its residual stream with depth
+    plot = good.plot(tmp_path / "llama.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

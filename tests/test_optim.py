@@ -16,7 +16,7 @@ def test_every_parameter_gets_its_groups_resolved_settings(tiny):
     settings = run.settings()
     model = GPT(run.model_config(256), settings)
     by_key = {(s.group, s.layer): s for s in settings}
-    groups = param_groups(model, settings)
+    groups = param_groups(model.tagged_parameters(), settings)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     for g in groups:
         for group, layer, _ in g["cp_members"]:
@@ -31,7 +31,8 @@ def test_scheduler_scales_every_group_by_the_same_factor(tiny):
     run = tiny()
     settings = run.settings()
     model = GPT(run.model_config(256), settings)
-    opt, sched = build_optimizer(model, settings, ScheduleConfig(warmup=0.1), 100)
+    opt, sched = build_optimizer(model.tagged_parameters(), settings, ScheduleConfig(warmup=0.1),
+                                 100)
     peaks = [g["initial_lr"] for g in opt.param_groups]
     for step in range(30):
         factor = lr_factor(step, 100, ScheduleConfig(warmup=0.1))

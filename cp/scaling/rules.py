@@ -265,6 +265,20 @@ class RuleTable:
             f *= ratios[axis] ** e
         return f
 
+    def to_dict(self) -> dict:
+        """The table as plain data (JSON): `RuleTable.from_dict` gives it back."""
+        return {"name": self.name, "alpha": self.alpha, "beta_form": self.beta_form,
+                "beta_bounds": list(self.beta_bounds),
+                "rows": {g: {k: {a: getattr(r, a) for a in AXES if getattr(r, a) != 0}
+                             for k, r in row.items()} for g, row in self.rows.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> RuleTable:
+        rows = {g: {k: Rule(**axes) for k, axes in row.items()} for g, row in d["rows"].items()}
+        lo, hi = d["beta_bounds"]
+        return cls(name=d["name"], alpha=float(d["alpha"]), rows=rows,
+                   beta_form=d["beta_form"], beta_bounds=(float(lo), float(hi)))
+
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Mapping[str, Exponent]]],
                        *, name: str | None = None, alpha: float | None = None) -> RuleTable:
         """A copy with some exponents replaced: ``{group or group set: {kind: {axis: value}}}``.

@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..coord import CoordConfig, CoordResult, coord_check, write_outputs
+from ..coord import CoordConfig, CoordResult, check_run, write_outputs
 from ..doc import Doc
 from ..study import Study, read_json, write_json
 from .base import Context, Outputs, ReportContext, Stage, StageFailed, StagePlan, base_outputs
@@ -34,7 +34,7 @@ def measure(spec: Spec, echo: Any = print) -> CoordResult:
                           if k in fields})
     echo(f"[check] coordinate check of {spec.parameterisation.name} at width "
          f"x{ccfg.width_ratios}, depth x{ccfg.depth_ratios} ({ccfg.steps} steps)")
-    return coord_check(spec.run_config(spec.base), ccfg, progress=lambda i, n, axis, r: echo(
+    return check_run(spec.run_config(spec.base), ccfg, progress=lambda i, n, axis, r: echo(
         f"[check] {i}/{n} models ({axis} x{r:g})"))
 
 
