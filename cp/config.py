@@ -256,7 +256,8 @@ class ParallelConfig:
     """``ddp``: every rank holds the whole model, its gradients and its AdamW state
     (DistributedDataParallel); ``fsdp``: all three sharded over the ranks (FSDP2
     ``fully_shard`` on each block, then on the root), checkpoints written by every rank with
-    torch.distributed.checkpoint. One rank runs unsharded either way."""
+    torch.distributed.checkpoint, which resume on any number of ranks (resharded). One rank
+    runs unsharded either way. A run stopped under one strategy resumes under the same one."""
     reshard_after_forward: bool = True
     """fsdp: free a block's gathered parameters after its forward and gather them again for
     its backward (less memory, one more all-gather per block); false keeps them gathered

@@ -79,7 +79,7 @@ and the caching allocator's fragmentation need the rest. A judgement, not a meas
 Precision = Literal["fp32", "bf16"]
 
 
-def norm_bytes(n: int, size: int, rows: int) -> int:
+def norm_bytes(rows: int, size: int) -> int:
     """What one RMSNorm with a gain saves for ``rows`` rows of ``size``: its input upcast to
     fp32, its normalised input in fp32, and one fp32 inverse RMS per row."""
     return 2 * FP32 * rows * size + FP32 * rows
@@ -89,9 +89,9 @@ def block_activation_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
     """Bytes one block saves for backward at ``tokens`` tokens with ``elem``-byte compute
     (the module docstring derives each term)."""
     n, d, a, h = tokens, cfg.width, cfg.n_heads, cfg.mlp_hidden
-    norms = 2 * norm_bytes(n, d, n)
+    norms = 2 * norm_bytes(n, d)
     if cfg.arch.qk_norm:
-        norms += 2 * norm_bytes(n, d, n * a)
+        norms += 2 * norm_bytes(n * a, cfg.arch.head_dim)
     attention = 6 * n * d * elem + FP32 * n * a
     mlp_tensors = 4 if cfg.arch.mlp == "swiglu" else 2
     mlp = n * d * elem + mlp_tensors * n * h * elem
@@ -103,7 +103,7 @@ def head_activation_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
     n, d, v = tokens, cfg.width, cfg.vocab_size
     logits = FP32 * n * v + (FP32 * n * v + FP32 * n if cfg.arch.z_loss else 0)
     token_ids = 8 * n  # int64
-    return norm_bytes(n, d, n) + n * d * elem + logits + token_ids + FP32
+    return norm_bytes(n, d) + n * d * elem + logits + token_ids + FP32
 
 
 def activation_bytes(cfg: ModelConfig, tokens: int, elem: int, checkpointing: bool) -> int:
@@ -258,7 +258,7 @@ def memory_plan(spec: Spec) -> list[MemoryRow]:
 def gb(n: float) -> str:
     """Bytes as GB (2^30 bytes) with the digits a plan needs."""
     g = n / GiB
-    return f"{g:.1f}" if g >= 0.1 else f"{g:.3f}"
+    return f"{g:.1f}" if g >= 0.1 else f"{g:.2g}"
 
 
 def _sweep_axes(spec: Spec) -> dict[str, list[int]]:

@@ -97,6 +97,34 @@ def wrap(model: GPT, parallel: ParallelConfig, world: int, device: torch.device,
     return Wrapped(model, sharded=True, autocast=False)
 
 
+def build(make: Callable[[], GPT], parallel: ParallelConfig, rank: int, world: int,
+          device: torch.device, bf16: bool) -> tuple[GPT, Wrapped]:
+    """The model ``make`` builds (under the caller's seed), on ``device``, wrapped. Sharded,
+    only rank 0 initialises the full model (on CPU, exactly as one process would); the other
+    ranks build it on the meta device, and rank 0's values reach every rank's shards by
+    broadcast: a node's host memory holds one full copy, not one per GPU (29 GB for a 7B
+    model, not 230)."""
+    if world == 1 or parallel.strategy != "fsdp":
+        model = make().to(device)
+        return model, wrap(model, parallel, world, device, bf16)
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = make() if rank == 0 else None
+    with torch.device("meta"):
+        model = make()
+    wrapped = wrap(model, parallel, world, device, bf16)
+    model.to_empty(device=device)
+    set_model_state_dict(model, full.state_dict() if full is not None else {},
+                         options=StateDictOptions(full_state_dict=True,
+                                                  broadcast_from_rank0=True))
+    for name, buffer in model.named_buffers():  # not in the state dict (e.g. RoPE's tables)
+        if full is not None:
+            buffer.copy_(full.get_buffer(name))
+        dist.broadcast(buffer, src=0)
+    return model, wrapped
+
+
 # ---------------------------------------------------------------------------------------------
 # Sharded checkpoints.
 

@@ -32,7 +32,13 @@ from .data import TokenData
 from .distributed import rank_and_world
 from .model import GPT
 from .optim import build_optimizer
-from .parallel import load_sharded, refuse_other_checkpoint, remove_sharded, save_sharded, wrap
+from .parallel import (
+    build,
+    load_sharded,
+    refuse_other_checkpoint,
+    remove_sharded,
+    save_sharded,
+)
 from .study import RunFolder, write_json
 
 LogFn = Callable[[dict[str, Any]], None]
@@ -149,11 +155,11 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
         raise ValueError(f"{cfg.scale.tokens} tokens make no step of {cfg.scale.batch} x "
                          f"{cfg.scale.seq_len} tokens")
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model_config(data.vocab_size), settings).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
     use_bf16 = cfg.train.precision == "bf16"
-    wrapped = wrap(model, cfg.parallel, world, device, use_bf16)  # fsdp shards in place, so
+    model, wrapped = build(lambda: GPT(cfg.model_config(data.vocab_size), settings),
+                           cfg.parallel, rank, world, device, use_bf16)  # fsdp: sharded, so
     opt, sched = build_optimizer(model, settings, cfg.schedule, total_steps)  # groups after
+    n_params = sum(p.numel() for p in model.parameters())  # a DTensor counts its whole
     sharded = cfg.parallel.strategy == "fsdp"  # DCP checkpoints, written by every rank
 
     state: dict[str, Any] = {"step": 0, "eval_curve": [], "train_curve": [], "train_time": 0.0,

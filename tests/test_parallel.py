@@ -75,10 +75,10 @@ def single_model() -> GPT:
 
 def _bf16_probe(world: int) -> dict:
     """One bf16 step of a sharded model: the dtypes FSDP computes, reduces and keeps in."""
-    from cp.parallel import wrap
+    from cp.parallel import build
 
-    model = single_model()
-    wrap(model, FSDP, world, torch.device("cpu"), bf16=True)
+    model, _ = build(single_model, FSDP, int(os.environ["RANK"]), world, torch.device("cpu"),
+                     bf16=True)
     cfg = run_cfg()
     opt, _ = build_optimizer(model, cfg.settings(), cfg.schedule, 40)
     seen = {}
@@ -105,14 +105,14 @@ def _rank_main(rank: int, world: int, port: int, jobs: list, out: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from cp.distributed import process_group
-    from cp.parallel import wrap
+    from cp.parallel import build
 
     results = {}
     with process_group("gloo"):
         for name, kind, cfg, folder, stop_after in jobs:
             if kind == "groups":
-                model = single_model()
-                wrap(model, cfg.parallel, world, torch.device("cpu"), bf16=False)
+                model, _ = build(single_model, cfg.parallel, rank, world,
+                                 torch.device("cpu"), bf16=False)
                 results[name] = optimizer_groups(model)
             elif kind == "bf16":
                 results[name] = _bf16_probe(world)
