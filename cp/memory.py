@@ -249,7 +249,8 @@ def memory_plan(spec: Spec) -> list[MemoryRow]:
                                   vocab_size=vocab, arch=spec.arch)
                 est = estimate(cfg, entry.parallel, ranks, scale.batch, spec.train.precision)
                 rows.append(MemoryRow(
-                    model=label, key=f"models.{name}", stages=tuple(stages), config=cfg,
+                    model=label, key=f"models.{name}",
+                    stages=tuple(stages) if label == name else ("sweep",), config=cfg,
                     parallel=entry.parallel, batch=scale.batch, tokens=scale.tokens,
                     ranks=ranks, gpu_mem_gb=gpu_mem, estimate=est))
     return rows

@@ -7,6 +7,7 @@ the target's own optimum against the transferred one."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from typing import TYPE_CHECKING, Optional
@@ -89,12 +90,22 @@ def tune(spec: Spec, study: Study, sweep: list[PlannedRun], results: dict) -> di
     return out
 
 
-def run(ctx: Context) -> list[dict]:
-    spec, study, echo = ctx.spec, ctx.study, ctx.echo
+def transferred_runs(spec: Spec, study: Study) -> list[PlannedRun]:
+    """The runs the transfer stage wrote, each executed as its model's ``parallel`` settings
+    say now (they change no number, and may have been changed since: more GPUs, a smaller
+    micro-batch after running out of memory)."""
     plans = []
     for entry in read_json(study.transfer_done):
+        parallel = spec.models[entry["model"]].parallel
         for r in read_json(study.transfer_runs(entry["model"], entry["arm"])):
-            plans.append(PlannedRun(RunConfig.from_dict(r["config"]), r["tags"]))
+            cfg = dataclasses.replace(RunConfig.from_dict(r["config"]), parallel=parallel)
+            plans.append(PlannedRun(cfg, r["tags"]))
+    return plans
+
+
+def run(ctx: Context) -> list[dict]:
+    spec, study, echo = ctx.spec, ctx.study, ctx.echo
+    plans = transferred_runs(spec, study)
     sweep: list[PlannedRun] = []
     if spec.targets.sweep:
         sweep = target_sweep_runs(spec, study)
