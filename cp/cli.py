@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .execute import LaunchError
 from .lock import StudyLocked, hold
@@ -351,18 +351,41 @@ def cmd_plan(args: argparse.Namespace) -> int:
     tab.add_row("[bold]total", f"[bold]{total_runs}", f"[bold]{total_tokens / 1e6:,.1f}M", "")
     con = _console()
     con.print(tab)
-    models = Table(title="models", header_style="bold")
-    for col in ("model", "width", "depth", "parameters", "fp32 weights + AdamW state"):
-        models.add_column(col, justify="left" if col == "model" else "right")
-    for name, n in spec.model_params().items():
-        m = spec.models[name]
-        mem = 16 * n  # bytes: fp32 weights, gradients and AdamW's two moments
-        models.add_row(name + (" (base)" if name == spec.base else ""), str(m.width),
-                       str(m.depth), _count(n), f"{mem / 2**30:,.2f} GiB" if mem >= 2**30
-                       else f"{mem / 2**20:,.1f} MiB")
-    con.print(models)
+    con.print(_memory_table(spec))
     _size_warnings(spec)
     return 0
+
+
+def _memory_table(spec: Spec) -> Any:
+    """Each model's size, compute and estimated memory per GPU (`cp.memory`)."""
+    from rich.table import Table
+
+    from .memory import USABLE_FRACTION, gb, memory_plan, plan_vocab
+
+    vocab, guessed = plan_vocab(spec)
+    tab = Table(title="models: size, compute and memory per GPU", header_style="bold",
+                caption=(
+        f"GB = 2^30 bytes; vocabulary {vocab}{' (assumed: set data.vocab_size)' if guessed else ''}"
+        "; state: fp32 parameters, gradients and AdamW moments (sharded by fsdp); buffers: "
+        "gathered parameters, DDP buckets, autocast copies, the logits' gradient; activations "
+        "at the micro-batch without / with activation checkpointing (* the one configured); "
+        f"a model fits when its total is at most {USABLE_FRACTION:.0%} of its GPU"))
+    for col in ("model", "stages", "ranks", "params", "FLOPs/token", "FLOPs", "state",
+                "buffers", "acts", "acts ckpt", "micro", "total", "GPU", "fits"):
+        tab.add_column(col, justify="left" if col in ("model", "stages", "ranks") else "right",
+                       no_wrap=col == "model")
+    for r in memory_plan(spec):
+        e = r.estimate
+        ckpt = r.parallel.activation_checkpointing
+        tab.add_row(r.model, "+".join(r.stages), f"{r.ranks} {r.parallel.strategy}",
+                    _count(r.n_params), f"{r.flops_per_token:.3g}",
+                    f"{r.flops_per_token * r.tokens:.3g}", gb(e.params + e.grads + e.optimizer),
+                    gb(e.buffers), gb(e.activations_without_checkpointing) + ("" if ckpt else "*"),
+                    gb(e.activations_with_checkpointing) + ("*" if ckpt else ""),
+                    str(e.micro_batch), f"[bold]{gb(e.total)}",
+                    "-" if r.gpu_mem_gb is None else f"{r.gpu_mem_gb:g}",
+                    {None: "-", True: "yes", False: "[red]no"}[r.fits])
+    return tab
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -553,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     docs = sc_sub.add_parser("docs", help="Print the spec reference (Markdown).")
     docs.set_defaults(fn=cmd_spec_docs)
 
-    pl = spec_cmd("plan", "Print each stage with its run count and training tokens.")
+    pl = spec_cmd("plan", "Print each stage with its run count and training tokens, and "
+                  "each model's parameters, FLOPs and estimated memory per GPU.")
     pl.set_defaults(fn=cmd_plan)
 
     da = sub.add_parser("data", help="Data utilities.")

@@ -4,7 +4,9 @@
 A `RunConfig` is everything that determines a run's numbers; its id is a hash of the run as
 resolved (model shape, every group's settings, schedule, data, seed), so two specs that resolve
 to the same run share it and a finished run is never trained again. `RuntimeConfig` (device,
-compile, checkpoint cadence) changes how a run executes, not what it computes, and is not hashed.
+compile, checkpoint cadence) changes how a run executes, not what it computes, and is not hashed;
+nor is `ParallelConfig` (how a run spreads over the ranks of its job: DDP or FSDP2, micro-batches,
+activation checkpointing), which each model of a spec carries (`ModelSpec`).
 
 `RunSettings` holds the fields a study's spec and each of its runs share (architecture,
 parameterisation, HPs, factors, schedule, data, training, seed, runtime): `cp.spec.Spec` and
@@ -26,6 +28,7 @@ from .scaling import (
     RULE_AXES,
     TABLES,
     Factors,
+    Flag,
     GroupSettings,
     HPs,
     RuleTable,
@@ -352,6 +355,88 @@ class RuntimeConfig:
         return self.warn_params or WARN_PARAMS[device_kind(self.device)]
 
 
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How a model's runs spread over the ranks of their job (one rank per SLURM task):
+    execution only, not part of a run's id. Every strategy trains the spec's global batch each
+    step (rank r of W takes rows r, r+W, ... and accumulates their gradients over its
+    micro-batches), so the transfer rules, which scale with the batch, see the same run on one
+    GPU, 8 DDP ranks or 64 FSDP shards (up to the order of float sums). Mixed precision follows
+    ``train.precision``, which is part of the id because it changes the numbers: with bf16,
+    fsdp gathers parameters in bf16 and computes in bf16, reduces gradients in fp32 and keeps
+    fp32 sharded parameters (the master weights) and fp32 AdamW state
+    (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``); ddp runs bf16 autocast
+    over fp32 parameters."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """``ddp``: every rank holds the whole model, its gradients and its AdamW state
+    (DistributedDataParallel); ``fsdp``: all three sharded over the ranks (FSDP2
+    ``fully_shard`` on each block, then on the root), checkpoints written by every rank with
+    torch.distributed.checkpoint, which resume on any number of ranks (resharded). One rank
+    runs unsharded either way. A run stopped under one strategy resumes under the same one."""
+    reshard_after_forward: bool = True
+    """fsdp: free a block's gathered parameters after its forward and gather them again for
+    its backward (less memory, one more all-gather per block); false keeps them gathered
+    from forward to backward."""
+    activation_checkpointing: bool = False
+    """Keep only each block's input in the forward and recompute the block in the backward
+    (any strategy): activations shrink to about one block's worth, for about a third more
+    compute."""
+    micro_batch: int = 0
+    """Sequences per forward/backward on each rank: a rank accumulates the gradients of its
+    share of the batch (batch / ranks) over micro-batches of this size, which must divide the
+    share; 0: the whole share at once."""
+
+    def check(self, at: str, flag: Flag) -> None:
+        if not isinstance(self.micro_batch, int) or self.micro_batch < 0:
+            flag(f"{at}.micro_batch", f"{self.micro_batch!r} is out of range",
+                 "an integer >= 0 (0: a rank's whole share of the batch)")
+
+    def micro_batches(self, rows: int) -> list[int]:
+        """The micro-batch sizes of a rank with ``rows`` sequences of the batch; ValueError
+        when ``micro_batch`` does not divide them."""
+        if not self.micro_batch or self.micro_batch == rows:
+            return [rows]
+        if rows % self.micro_batch:
+            raise ValueError(self.share_problem(rows))
+        return [self.micro_batch] * (rows // self.micro_batch)
+
+    def share_problem(self, rows: int) -> str:
+        return (f"parallel.micro_batch {self.micro_batch} does not divide a rank's share of "
+                f"the batch ({rows} sequences)")
+
+
+def rank_shares(batch: int, ranks: int) -> list[int]:
+    """The rows of the batch each of ``ranks`` data-parallel ranks trains (r, r+W, ...)."""
+    return [len(range(r, batch, ranks)) for r in range(ranks)]
+
+
+@dataclass(frozen=True)
+class ModelSpec(Scale):
+    """A model of the study: where it sits on the transfer axes (the `Scale` fields, hashed
+    into its runs' ids) and how its runs execute (``parallel``, not hashed)."""
+
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Data-parallel strategy, micro-batches and activation checkpointing of this model's runs
+    (a proxy on one GPU, a target sharded over many)."""
+
+    @property
+    def scale(self) -> Scale:
+        """The point on the transfer axes alone."""
+        return plain_scale(self)
+
+    def check(self, at: str, flag: Flag) -> None:
+        super().check(at, flag)
+        self.parallel.check(f"{at}.parallel", flag)
+
+
+def plain_scale(scale: Scale) -> Scale:
+    """``scale`` as a plain `Scale` (a `ModelSpec`'s execution settings dropped)."""
+    if type(scale) is Scale:
+        return scale
+    return Scale(**{f.name: getattr(scale, f.name) for f in fields(Scale)})
+
+
 @dataclass(kw_only=True)
 class RunSettings:
     """What a study and each of its runs share: everything but where a run sits on the axes."""
@@ -407,6 +492,12 @@ class RunConfig(RunSettings):
     stream: Stream = "choose"
     """``choose`` (its result selects something: an optimum, a search's next point) or
     ``judge`` (its result measures something chosen): the stream its batches come from."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How the run spreads over the ranks of its job (not part of its id)."""
+
+    def __post_init__(self) -> None:
+        # A spec's ModelSpec carries execution settings that must not enter the run's id.
+        self.scale, self.base_scale = plain_scale(self.scale), plain_scale(self.base_scale)
 
     def table(self) -> RuleTable:
         return self.parameterisation.build()

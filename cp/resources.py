@@ -37,6 +37,12 @@ class SlurmSpec:
     """GPUs per node (``--gpus-per-node``); 0: a CPU job."""
     gpu_type: Optional[str] = None
     """GPU type where the cluster names them in its GRES (``--gpus-per-node=TYPE:N``)."""
+    gpu_mem_gb: Optional[float] = None
+    """Memory of one GPU in GB (2^30 bytes: 80 for an 80 GB H100 or A100). Set, ``cpt plan``,
+    ``cpt spec check`` and every stage refuse a model whose estimated memory per GPU
+    (`cp.memory`: parameters, gradients, AdamW state, activations) does not fit in it, before
+    anything is submitted; unset: no check (GRES type names differ between clusters, so it is
+    not guessed from ``gpu_type``)."""
     nodes: int = 1
     """Nodes per run (a multi-node data-parallel run when > 1)."""
     tasks_per_node: int = 0
@@ -69,6 +75,11 @@ class SlurmSpec:
     poll_s: float = 15.0
     """Seconds between checks of the queue and of the run folders while runs train."""
 
+    @property
+    def ranks(self) -> int:
+        """Processes of one job (tasks per node x nodes), each a data-parallel rank."""
+        return (self.tasks_per_node or max(1, self.gpus_per_node)) * self.nodes
+
     def check(self, at: str, problems: Problems, keys: Optional[Sequence[str]] = None) -> None:
         """The keys in ``keys`` (default: all); a per-stage override checks the ones it sets,
         merged over the shared section."""
@@ -76,7 +87,7 @@ class SlurmSpec:
         for k, (lo, allowed) in _SLURM_RANGES.items():
             if k in keys:
                 problems.at_least(f"{at}.{k}", getattr(self, k), lo, allowed)
-        for k in ("mem_gb", "poll_s"):
+        for k in ("mem_gb", "gpu_mem_gb", "poll_s"):
             if k in keys and getattr(self, k) is not None:
                 problems.positive(f"{at}.{k}", getattr(self, k))
         if ("signal_delay_s" in keys or "time_min" in keys) and isinstance(self.time_min, int) \
@@ -117,6 +128,15 @@ class LauncherSpec:
         if problems:
             raise SpecError("<launcher>", problems.items)
         return SlurmSpec(**merged)
+
+    def ranks(self, stage: str) -> int:
+        """Data-parallel ranks of one run of ``stage``: its SLURM job's tasks; 1 for the local
+        launchers (one process per run)."""
+        return self.slurm_for(stage).ranks if self.kind == "slurm" else 1
+
+    def gpu_mem_gb(self, stage: str) -> Optional[float]:
+        """The GPU memory ``stage``'s jobs have, if the launcher names it (SLURM only)."""
+        return self.slurm_for(stage).gpu_mem_gb if self.kind == "slurm" else None
 
     def check(self, at: str, problems: Problems, launched_stages: Sequence[str] = ()) -> None:
         """``launched_stages``: the stages whose runs go through the launcher (the keys that

@@ -173,11 +173,6 @@ class _Job:
         return "\n".join(parts) or "(no stderr)"
 
 
-def tasks_per_job(s: SlurmSpec) -> int:
-    per_node = s.tasks_per_node or max(1, s.gpus_per_node)
-    return per_node * s.nodes
-
-
 def executor(s: SlurmSpec, folder: Path, job_name: str) -> SlurmExecutor:
     """A submitit executor for jobs with the resources ``s``."""
     try:
@@ -212,7 +207,7 @@ def _describe(s: SlurmSpec) -> str:
     gpus = f"{s.gpus_per_node} {s.gpu_type or 'GPU'}(s)/node, " if s.gpus_per_node else ""
     where = ", ".join(f"{k} {getattr(s, k)}" for k in ("partition", "account", "qos",
                                                         "constraint") if getattr(s, k))
-    return (f"{where + ', ' if where else ''}{s.nodes} node(s), {gpus}{tasks_per_job(s)} "
+    return (f"{where + ', ' if where else ''}{s.nodes} node(s), {gpus}{s.ranks} "
             f"task(s) x {s.cpus_per_task} CPU(s), {s.time_min} min")
 
 
@@ -250,7 +245,7 @@ def submit(runs: Sequence[PlannedRun], study: Study, launcher: LauncherSpec, sta
         raise LaunchError(f"SLURM refused the {stage} jobs: {str(e).strip()}\nCheck "
                           f"launcher.slurm / launcher.stages.{stage} (partition, account, "
                           "qos, GPUs) in the profile's study.yaml.") from None
-    tasks = tasks_per_job(s)
+    tasks = s.ranks
     out = []
     for pr, job in zip(runs, jobs, strict=True):
         log_event(study.run(pr.run_id), "submitted", job_id=job.job_id,

@@ -2,9 +2,10 @@
 
 The schema is composed here from sections that live with the code they configure: the run
 settings (`cp.config.RunSettings`: data, arch, parameterisation, hps, factors, schedule, train,
-runtime, seed), the models (`cp.scaling.Scale`), each stage's section (in its module under
-`cp.stages`), the launcher (`cp.resources`) and tracking. Each section's fields carry their
-docs and defaults, and its ``check`` method its allowed values.
+runtime, seed), the models (`cp.config.ModelSpec`: a `cp.scaling.Scale` and its ``parallel``),
+each stage's section (in its module under `cp.stages`), the launcher (`cp.resources`) and
+tracking. Each section's fields carry their docs and defaults, and its ``check`` method its
+allowed values.
 
 A spec is checked completely before any work: a structural pass (unknown keys with a
 did-you-mean, types, required keys, renamed keys) on the raw YAML, then each section's checks
@@ -26,6 +27,7 @@ import yaml
 from .config import (
     MAX_PARAMS,
     ModelConfig,
+    ModelSpec,
     ParamConfig,
     RunConfig,
     RunSettings,
@@ -33,8 +35,9 @@ from .config import (
     device_kind,
 )
 from .data import BUNDLED, split_sizes
+from .memory import check_memory
 from .resources import LauncherSpec, SlurmSpec
-from .scaling import TABLES, Scale
+from .scaling import TABLES
 from .schema import Problem, Problems, SpecError, coerce, deprecated, is_number, suggest
 from .stages import STAGES, TRAINING
 from .stages.check import CheckSpec
@@ -44,6 +47,9 @@ from .stages.sweep import SweepBlock, SweepSpec
 from .stages.transfer import ArmSpec, TargetsSpec, check_arms, default_arms
 from .study import Study, plain_name_problem, write_text
 from .yamlsafe import load_yaml
+
+#: The sections the memory plan reads: it is checked once they are sound.
+MEMORY_INPUTS = {"data", "arch", "train", "models", "base", "sweeps", "targets", "launcher"}
 
 
 @dataclass
@@ -79,9 +85,9 @@ class Spec(RunSettings):
     """Study name (default: the spec file's stem); names the results folder."""
     description: str = ""
     """Free text shown in reports."""
-    models: dict[str, Scale] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
     """Named models (at least the base, usually ``proxy`` and ``target``), each a point on
-    the transfer axes."""
+    the transfer axes, with how its runs execute (``parallel``)."""
     base: str = "proxy"
     """The model at whose scale ``hps`` and ``factors`` are given (and tuned)."""
     tables: dict[str, ParamConfig] = field(default_factory=dict)
@@ -132,8 +138,9 @@ class Spec(RunSettings):
             raise KeyError(f"no model {model!r} in spec {self.name!r}; models: "
                            f"{', '.join(self.models)}")
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}
-        return RunConfig(**{**shared, "scale": self.models[model],
-                            "base_scale": self.models[self.base], **changes})
+        entry = self.models[model]
+        return RunConfig(**{**shared, "scale": entry, "base_scale": self.models[self.base],
+                            "parallel": entry.parallel, **changes})
 
     # -- checks ------------------------------------------------------------------------------
     def check_all(self, problems: Problems) -> None:
@@ -175,6 +182,8 @@ class Spec(RunSettings):
         self.check_seeds(problems)
         self.launcher.check("launcher", problems, TRAINING)
         self.tracking.check("tracking", problems)
+        if not any(p.key.split(".")[0] in MEMORY_INPUTS for p in problems.items):
+            check_memory(self, problems)
 
     def check_seeds(self, problems: Problems) -> None:
         """What selects must not judge: no seed both chooses (sweeps, search trials, the target

@@ -5,7 +5,8 @@ nowhere else.
       spec.yaml                      the spec as resolved (defaults filled in; interpolations
                                      such as ${oc.env:X} kept as written)
       lock.json                      who is working on the study now (`cp.lock`)
-      runs/<run id>/                 config.json, result.json, events.jsonl (checkpoint.pt)
+      runs/<run id>/                 config.json, result.json, events.jsonl (checkpoint.pt,
+                                     or checkpoint.dcp/ for an FSDP run)
       check/                         coord_check.png, coord_fits.csv, coord_measurements.csv,
                                      verdict.json
       sweep/runs.parquet             one row per sweep point (tags + final loss)
@@ -277,6 +278,37 @@ class RunFolder:
     def checkpoint(self) -> Path:
         """checkpoint.pt: model, optimiser and loop state of an unfinished run."""
         return self.path / "checkpoint.pt"
+
+    @property
+    def sharded_checkpoint(self) -> Path:
+        """checkpoint.dcp/: an FSDP run's checkpoints, one folder per step
+        (`sharded_step`). Each is written by every rank with torch.distributed.checkpoint
+        into a hidden temp folder and renamed once complete, so a checkpoint killed half-way
+        is never loaded."""
+        return self.path / "checkpoint.dcp"
+
+    def sharded_step(self, step: int) -> Path:
+        """``checkpoint.dcp/step-<step>/``: the tensors of the model and the AdamW state, in
+        torch.distributed.checkpoint's format (.metadata and one file per rank), and
+        `sharded_state`."""
+        return self.sharded_checkpoint / f"step-{step:09d}"
+
+    def sharded_step_tmp(self, step: int) -> Path:
+        """Where `sharded_step` is written before it is renamed into place."""
+        return self.sharded_checkpoint / f".step-{step:09d}.tmp"
+
+    def sharded_steps(self) -> list[Path]:
+        """The complete sharded checkpoints, oldest first (temp folders left out)."""
+        if not self.sharded_checkpoint.is_dir():
+            return []
+        return sorted(p for p in self.sharded_checkpoint.glob("step-*") if p.is_dir())
+
+    @staticmethod
+    def sharded_state(step_dir: Path) -> Path:
+        """state.json in a sharded checkpoint: everything but tensors (the loop's state, the
+        schedule's, the RNG's, the number of ranks that wrote it), so loading it runs no
+        pickle."""
+        return step_dir / "state.json"
 
     # -- config.json ---------------------------------------------------------------------------
     def write_config(self, run_id: str, config: dict[str, Any], resolved: dict[str, Any]

@@ -6,11 +6,13 @@ Around it: periodic evaluation on the study's fixed validation sequences, diverg
 (a NaN/inf loss or a blow-up ends the run with diverged=True), and checkpoints from which a
 killed run continues bit-identically on CPU (batches depend only on (seed, step)).
 
-Data parallel: in a torch.distributed process group (`cp.distributed`) the model is wrapped in
-DistributedDataParallel and rank r of W takes rows r, r+W, ... of each step's global batch, so
-the effective batch -- which the transfer rules scale with -- is the single-process one. Rank 0
-alone writes the run's files; every rank logs the global mean loss and takes the same decisions
-(divergence, stopping), so they stay in lockstep.
+Data parallel: in a torch.distributed process group (`cp.distributed`) the model is wrapped as
+its ``parallel`` settings say (`cp.parallel`: DistributedDataParallel, or FSDP2 shards) and rank
+r of W takes rows r, r+W, ... of each step's global batch, accumulating their gradients over
+micro-batches when ``parallel.micro_batch`` asks, so the effective batch -- which the transfer
+rules scale with -- is the single-process one. Rank 0 alone writes the run's files (every rank
+writes its shards of an FSDP run's checkpoints); every rank logs the global mean loss and takes
+the same decisions (divergence, stopping, checkpointing), so they stay in lockstep.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from .config import STREAMS, RunConfig, RunResult, Status
 from .data import TokenData
 from .distributed import rank_and_world
 from .optim import build_optimizer
+from .parallel import (
+    Wrapped,
+    load_sharded,
+    refuse_other_checkpoint,
+    remove_sharded,
+    save_sharded,
+)
+from .parallel import build as build_parallel
 from .runmodel import RunModel, build
 from .study import RunFolder, set_aside
 
@@ -163,7 +173,9 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
         raise ValueError(f"a global batch of {cfg.scale.batch} sequences cannot be split over "
                          f"{world} data-parallel ranks; use at most {cfg.scale.batch} "
                          "processes (launcher.slurm.tasks_per_node x nodes)")
-    writer = rank == 0  # the other ranks train and read, never write
+    writer = rank == 0  # the other ranks train and read, never write (but their shards)
+    n_rows = len(range(rank, cfg.scale.batch, world))  # this rank's share of the batch
+    micro = cfg.parallel.micro_batches(n_rows)  # ValueError when micro_batch does not divide it
     out = (out_dir if isinstance(out_dir, RunFolder) else RunFolder(Path(out_dir))
            ) if out_dir is not None else None
     if out is not None and writer:
@@ -175,20 +187,44 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
     if total_steps < 1:
         raise ValueError(f"{cfg.scale.tokens} tokens make no step of {cfg.scale.batch} x "
                          f"{cfg.scale.seq_len} tokens")
-    def fresh() -> tuple[RunModel, torch.optim.Optimizer,
+    use_bf16 = cfg.train.precision == "bf16"
+    sharded = cfg.parallel.strategy == "fsdp"  # DCP checkpoints, written by every rank
+
+    def fresh() -> tuple[RunModel, Wrapped, torch.optim.Optimizer,
                          torch.optim.lr_scheduler.LRScheduler]:
         torch.manual_seed(cfg.seed)
-        rm = build(cfg, data.vocab_size, settings).to(device)
-        return (rm, *build_optimizer(rm.tagged, rm.settings, cfg.schedule, total_steps))
+        built: list[RunModel] = []
 
-    rm, opt, sched = fresh()
+        def make() -> torch.nn.Module:
+            built.append(build(cfg, data.vocab_size, settings))
+            return built[-1].module
+
+        # fsdp: rank 0 builds the full model, then every rank a meta one that is sharded
+        model, wrapped = build_parallel(make, cfg.parallel, rank, world, device, use_bf16)
+        rm = built[-1]
+        # Sharding replaces the parameters (same names): the AdamW groups take the shards.
+        params = dict(model.named_parameters())
+        rm.tagged = [(g, layer, name, params[name]) for g, layer, name, _ in rm.tagged]
+        return (rm, wrapped, *build_optimizer(rm.tagged, rm.settings, cfg.schedule,
+                                              total_steps))
+
+    rm, wrapped, opt, sched = fresh()
     model = rm.module
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())  # a DTensor counts its whole
 
     state: dict[str, Any] = {"step": 0, "eval_curve": [], "train_curve": [], "train_time": 0.0,
                              "divergence": None, "wall_before": 0.0, "run_id": run_id}
+    if out is not None:
+        refuse_other_checkpoint(out, sharded)
+    loaded = load_sharded(out, model, opt, sched, world, device) if sharded and out else None
+    if loaded is not None:
+        ranks_before = loaded.pop("resumed_from_ranks")
+        state = {**loaded, "run_id": run_id}
+        if log:
+            log({"event": "resumed", "step": state["step"], "total_steps": total_steps,
+                 "ranks": world, "ranks_before": ranks_before})
     ck = (_load_checkpoint(ckpt_path, device, run_id, writer)
-          if ckpt_path is not None and ckpt_path.exists() else None)
+          if not sharded and ckpt_path is not None and ckpt_path.exists() else None)
     if ck is not None:
         try:
             model.load_state_dict(ck["model"])
@@ -199,31 +235,22 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
             if writer and ckpt_path is not None:
                 set_aside(ckpt_path, f"its state does not fit the model: {type(e).__name__}",
                           "the run starts again from step 0")
-            rm, opt, sched = fresh()
+            rm, wrapped, opt, sched = fresh()
             model = rm.module
         else:
             if log:
                 log({"event": "resumed", "step": state["step"], "total_steps": total_steps})
 
-    fwd: Callable[..., Any] = model
-    rows: Optional[slice] = None
-    n_rows = cfg.scale.batch
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        fwd = DistributedDataParallel(model)
-        rows = slice(rank, None, world)
-        n_rows = len(range(rank, cfg.scale.batch, world))
-    fwd = torch.compile(fwd) if rt.compile else fwd
+    rows = slice(rank, None, world) if world > 1 else None
+    fwd: Callable[..., Any] = torch.compile(wrapped.forward) if rt.compile else wrapped.forward
     loss_of = torch.compile(rm.loss) if rt.compile else rm.loss
-    # DDP averages gradients over ranks; scaling each rank's mean loss by its share of the
-    # global batch makes that average the gradient of the global batch's mean loss (exact for
-    # uneven splits too).
-    loss_scale = n_rows * world / cfg.scale.batch
-    use_bf16 = cfg.train.precision == "bf16"
+    # DDP and FSDP average gradients over ranks; scaling each micro-batch's mean loss by its
+    # share of the global batch (times the ranks) makes that average the gradient of the global
+    # batch's mean loss (exact for uneven splits and any number of micro-batches too).
+    loss_scales = [m * world / cfg.scale.batch for m in micro]
 
     def autocast() -> AbstractContextManager[Any]:
-        if use_bf16:
+        if wrapped.autocast:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
 
@@ -265,20 +292,30 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
         x, y = data.train_batch(step, cfg.scale.batch, cfg.scale.seq_len, cfg.seed, rows=rows,
                                 stream=STREAMS[cfg.stream])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
-            loss, ce = loss_of(fwd(x), y)
-        (loss if loss_scale == 1 else loss * loss_scale).backward()
+        parts = zip(x.split(micro[0]), y.split(micro[0]), strict=True) if len(micro) > 1 \
+            else [(x, y)]
+        rank_ce: Optional[torch.Tensor] = None  # the mean over this rank's rows
+        for i, ((xm, ym), loss_scale) in enumerate(zip(parts, loss_scales, strict=True)):
+            with wrapped.accumulating(last=i == len(micro) - 1):
+                with autocast():
+                    loss, ce = loss_of(fwd(xm), ym)
+                (loss if loss_scale == 1 else loss * loss_scale).backward()
+            part = ce.detach().float()
+            part = part if len(micro) == 1 else part * (micro[i] / n_rows)
+            rank_ce = part if rank_ce is None else rank_ce + part
+        assert rank_ce is not None  # a rank has at least one row (checked above)
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        pending.append(global_mean(ce.detach().float()))
+        pending.append(global_mean(rank_ce))
         step += 1
 
         is_eval = step in evals
         stop_requested = False
-        if step % cfg.train.log_every == 0 or is_eval or step == total_steps:
+        read_out = step % cfg.train.log_every == 0 or is_eval or step == total_steps
+        if read_out:
             reason = flush_losses(step)
             if reason:
                 break
@@ -303,14 +340,19 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
         stop_now = step < total_steps and (
             stop_requested or (stop_after is not None and stop_after <= step))
         now = time.perf_counter()
-        due = (rt.checkpoint_every and step % rt.checkpoint_every == 0) or (
-            rt.checkpoint_seconds and now - clock["last_ckpt"] > rt.checkpoint_seconds)
-        if ckpt_path is not None and writer and (stop_now or due) and step < total_steps:
+        timed = bool(rt.checkpoint_seconds) and now - clock["last_ckpt"] > rt.checkpoint_seconds
+        if sharded and world > 1 and out is not None:  # every rank saves: rank 0's clock
+            timed = read_out and _agree(timed and writer, world, device)  # decides, at read-outs
+        due = bool(rt.checkpoint_every and step % rt.checkpoint_every == 0) or timed
+        if out is not None and (writer or sharded) and (stop_now or due) and step < total_steps:
             stop_train_clock()
             state.update(step=step, divergence=divergence.state(),
                          wall_before=wall_before + now - t_start,
                          pending=[float(v) for v in pending])
-            _save_checkpoint(ckpt_path, model, opt, sched, state)
+            if sharded:
+                save_sharded(out, step, model, opt, sched, state, world, writer, device)
+            else:
+                _save_checkpoint(out.checkpoint, model, opt, sched, state)
             state.pop("pending")
             clock["train_from"] = clock["last_ckpt"] = time.perf_counter()
         if stop_now:
@@ -333,8 +375,14 @@ def train(cfg: RunConfig, out_dir: Optional[Path | str | RunFolder] = None, *,
         tokens_per_s=step * tokens_per_step / state["train_time"] if state["train_time"] else 0.0,
         wall_s=wall_before + time.perf_counter() - t_start, n_params=n_params,
     )
-    if out is not None and ckpt_path is not None and writer:
+    if out is not None and sharded:
         if status == "completed" and rt.keep_checkpoint:
+            save_sharded(out, step, model, opt, sched, {**state, "step": step, "pending": []},
+                         world, writer, device)
+        elif status in ("completed", "diverged") and writer:
+            remove_sharded(out)
+    if out is not None and ckpt_path is not None and writer:
+        if status == "completed" and rt.keep_checkpoint and not sharded:
             _save_checkpoint(ckpt_path, model, opt, sched, {**state, "step": step, "pending": []})
         elif status in ("completed", "diverged") and ckpt_path.exists():
             ckpt_path.unlink()

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from cp.slurm import tasks_per_job
 from cp.spec import SlurmSpec, SpecError, load_spec
 
 REPO = Path(__file__).parent.parent
@@ -16,7 +15,8 @@ def test_stage_overrides_are_merged_over_the_common_resources():
     spec = load_spec(SMOKE, ["launcher.kind=slurm", "launcher.slurm.partition=gpu",
                              "launcher.slurm.gpus_per_node=1", "launcher.slurm.mem_gb=32",
                              "launcher.stages.target.gpus_per_node=8",
-                             "launcher.stages.target.nodes=2"])
+                             "launcher.stages.target.nodes=2",
+                             "models.target.batch=16"])  # a sequence for each of 16 ranks
     target, sweep = spec.launcher.slurm_for("target"), spec.launcher.slurm_for("sweep")
     assert (target.partition, target.gpus_per_node, target.nodes, target.mem_gb) == \
         ("gpu", 8, 2, 32.0)
@@ -78,4 +78,4 @@ def test_a_stage_override_is_checked_once_not_with_the_common_keys():
     ({"tasks_per_node": 2, "nodes": 3}, 6),                 # CPU ranks (gloo)
 ])
 def test_a_job_runs_one_data_parallel_rank_per_gpu_unless_told_otherwise(resources, tasks):
-    assert tasks_per_job(SlurmSpec(**resources)) == tasks
+    assert SlurmSpec(**resources).ranks == tasks

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from cp.config import PlannedRun
+from cp.config import ParallelConfig, PlannedRun
 from cp.execute import LaunchError, read_events, train_local
 from cp.launch import launch
 from cp.pipeline import run_stage
@@ -110,9 +110,10 @@ def test_smoke_sweep_through_profiles_slurm_equals_the_local_launcher(workdir):
     assert got == want  # bit-identical: same code, seeds, data and threads
 
 
-def _long_run() -> PlannedRun:
+def _long_run(strategy: str = "ddp") -> PlannedRun:
     """200 steps, checkpointed every 25: long enough to be preempted mid-run."""
-    cfg = tiny_run(scale=dataclasses.replace(TINY, tokens=8 * 32 * 200))
+    cfg = tiny_run(scale=dataclasses.replace(TINY, tokens=8 * 32 * 200),
+                   parallel=ParallelConfig(strategy=strategy))
     cfg.runtime.checkpoint_every = 25
     return PlannedRun(cfg, {"purpose": "preempted"})
 
@@ -139,21 +140,24 @@ def _release(job_id: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how,tasks", [
-    ("scontrol requeue", 1),   # what preemption with PreemptMode=REQUEUE does: SIGTERM, requeue
-    ("time-limit signal", 1),  # submitit's signal, sent signal_delay_s before the time limit
-    ("time-limit signal", 2),  # the same for a data-parallel job (2 gloo ranks)
+@pytest.mark.parametrize("how,tasks,strategy", [
+    ("scontrol requeue", 1, "ddp"),   # what preemption with PreemptMode=REQUEUE does: SIGTERM
+    ("time-limit signal", 1, "ddp"),  # submitit's signal, sent signal_delay_s before the limit
+    ("time-limit signal", 2, "ddp"),  # the same for a data-parallel job (2 gloo ranks)
+    ("time-limit signal", 2, "fsdp"),  # and for a sharded one (FSDP2, DCP checkpoints)
+    ("scontrol requeue", 2, "fsdp"),
 ])
 def test_a_preempted_job_finishes_from_its_checkpoint_with_the_uninterrupted_loss(
-        tmp_path, how, tasks):
-    study, run = Study(tmp_path), _long_run()
+        tmp_path, how, tasks, strategy):
+    study, run = Study(tmp_path), _long_run(strategy)
     launcher = on_slurm(target={"tasks_per_node": tasks})
     out: dict = {}
     waiter = threading.Thread(target=lambda: out.update(
         launch([run], study, launcher, "target", echo=quiet)))
     waiter.start()
     folder = study.run(run.run_id)
-    wait_for(lambda: folder.checkpoint.exists(), "the run's first checkpoint")
+    wait_for(lambda: folder.checkpoint.exists() or folder.sharded_steps(),
+             "the run's first checkpoint")
     job = job_of(study, run.run_id)
     if how == "scontrol requeue":
         subprocess.run(["scontrol", "requeue", job], check=True)

@@ -231,7 +231,7 @@ def sweep_runs(spec: Spec) -> list[PlannedRun]:
     extra blocks. Tags: block (``main`` or the block's name), axis, axis_value,
     parameterisation, seed and the grid values."""
     runs = _main_sweep(spec)
-    base_scale = spec.models[spec.base]
+    base_scale = spec.models[spec.base].scale
     for block in spec.sweeps.extra:
         for table in block.parameterisations:
             pcfg = spec.table_config(table)
@@ -255,7 +255,7 @@ def _main_sweep(spec: Spec) -> list[PlannedRun]:
     if not sw.grid:
         return []
     runs = []
-    base_scale = spec.models[spec.base]
+    base_scale = spec.models[spec.base].scale
     for table in sweep_tables(spec):
         pcfg = spec.table_config(table)
         for point in grid_points(sw.grid):

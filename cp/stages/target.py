@@ -7,6 +7,7 @@ the target's own optimum against the transferred one."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from typing import TYPE_CHECKING, Optional
@@ -93,10 +94,20 @@ def tune(spec: Spec, study: Study, sweep: list[PlannedRun], results: dict) -> di
     return out
 
 
+def transferred_runs(spec: Spec, study: Study) -> list[PlannedRun]:
+    """The runs the transfer stage wrote, each executed as its model's ``parallel`` settings
+    say now (they change no number, and may have been changed since: more GPUs, a smaller
+    micro-batch after running out of memory)."""
+    return [PlannedRun(dataclasses.replace(pr.config,
+                                           parallel=spec.models[entry["model"]].parallel),
+                       pr.tags)
+            for entry in read_index(study)
+            for pr in read_runs(study, entry["model"], entry["arm"])]
+
+
 def run(ctx: Context) -> list[dict]:
     spec, study, echo = ctx.spec, ctx.study, ctx.echo
-    plans = [pr for entry in read_index(study)
-             for pr in read_runs(study, entry["model"], entry["arm"])]
+    plans = transferred_runs(spec, study)
     sweep: list[PlannedRun] = []
     if spec.targets.sweep:
         sweep = target_sweep_runs(spec, study)

@@ -30,9 +30,9 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 def run_params(config: dict[str, Any]) -> dict[str, str]:
     """A RunConfig (as a dict) flattened to params: scale, base scale, parameterisation, every
     base HP and per-module factor, schedule, data, training; plus the scale ratios m_N, m_L,
-    m_B, m_D (``m.width``, ``m.depth``, ``m.batch``, ``m.tokens``). ``runtime`` is left out:
-    it does not change a run's numbers."""
-    params = flatten({k: v for k, v in config.items() if k != "runtime"})
+    m_B, m_D (``m.width``, ``m.depth``, ``m.batch``, ``m.tokens``). ``runtime`` and
+    ``parallel`` are left out: they do not change a run's numbers."""
+    params = flatten({k: v for k, v in config.items() if k not in ("runtime", "parallel")})
     scale, base = config.get("scale"), config.get("base_scale")
     if scale and base:
         from ..scaling import Scale, scale_ratios

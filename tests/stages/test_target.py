@@ -34,3 +34,28 @@ def test_the_target_is_tuned_directly_and_its_tuned_arm_judges_on_the_judging_se
     assert "target_optimum.target.lr" in summary["metrics"]
     assert any(c["claim"] == "target_tuned" for c in summary["claims"])
     assert "speedup.target.global_tuned" in summary["metrics"]
+
+
+def test_transferred_runs_execute_as_the_spec_says_now(tmp_path):
+    """A target's parallel settings may change after the transfer stage wrote its runs (more
+    GPUs, a smaller micro-batch after running out of memory): the runs take the spec's, and
+    keep their ids."""
+    from cp.config import ParallelConfig
+    from cp.scaling import Factors
+    from cp.stages.target import transferred_runs
+    from cp.stages.transfer import ArmSpec, arm_run
+    from cp.study import write_json
+
+    spec, study = smoke_spec(), Study(tmp_path)
+    written = arm_run(spec, ArmSpec(name="global"), "target", 1,
+                      {"completed_p": {"values": {"lr": 0.02}}}, Factors())
+    write_json(study.transfer_runs("target", "global"), [
+        {"run_id": written.run_id, "seed": 1, "tags": written.tags,
+         "config": written.config.to_dict()}])
+    write_json(study.transfer_done, [{"model": "target", "arm": "global",
+                                      "runs": [written.run_id]}])
+    later = smoke_spec(models__target__parallel={"strategy": "fsdp", "micro_batch": 4})
+    (run,) = transferred_runs(later, study)
+    assert run.config.parallel == ParallelConfig(strategy="fsdp", micro_batch=4)
+    assert written.config.parallel == ParallelConfig()
+    assert run.run_id == written.run_id and run.tags == written.tags

@@ -21,7 +21,7 @@ def test_arms_take_the_selected_optimum_and_the_searched_factors():
     assert g.config.hps.lr == pm.config.hps.lr == 0.02
     assert g.config.factors == Factors() and pm.config.factors == searched
     assert g.run_id != pm.run_id
-    assert g.config.scale == spec.models["target"]
+    assert g.config.scale == spec.models["target"].scale
 
 
 def test_transfer_writes_each_target_arms_settings_for_another_trainer(tmp_path):

@@ -16,4 +16,4 @@ def test_params_hold_every_base_hp_and_factor_of_a_run():
     assert params["m.tokens"] == "1" and params["m.batch"] == "1"
     assert params["scale.width"] == "32" and params["m.width"] == "1"
     assert params["parameterisation.name"] == "completed_p"
-    assert not any(k.startswith("runtime.") for k in params)  # does not change the numbers
+    assert not any(k.startswith(("runtime.", "parallel.")) for k in params)  # nor do these
