@@ -21,7 +21,7 @@ CP = Path(__file__).parent.parent / "cp"
 FLOORS = [
     ["cp", "cp.schema", "cp.scaling", "cp.scaling.*", "cp.corpora"],
     ["cp.data", "cp.schedule", "cp.resources", "cp.doc", "cp.provenance", "cp.search",
-     "cp.search.*"],
+     "cp.search.*", "cp.kernels"],
     ["cp.config"],
     ["cp.study"],
     ["cp.estimate"],
