@@ -28,6 +28,11 @@ from .params import run_metrics, run_name, run_params
 ROLE, STAGE, RUN_ID, STUDY, OUTPUTS = "cp.role", "cp.stage", "cp.run_id", "cp.study", "cp.outputs"
 PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
+# MLflow 3.x's UI opens an experiment by its kind: without one it shows the GenAI overview
+# (traces, latency); "custom_model_development" opens the training runs table. (The values
+# are the UI's ExperimentKind enum; mlflow/server/js, 3.17.)
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+DATASET_CONTEXT = "mlflow.data.context"
 
 # MLflow's HTTP client retries a failing request for minutes by default. A tracking server
 # that is down must cost a stage seconds: few retries, short timeout (a user's own settings
@@ -113,7 +118,7 @@ class Store:
             try:
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=artifact_location(uri, experiment, study),
-                    tags={STUDY: study.name})
+                    tags={STUDY: study.name, EXPERIMENT_KIND: MODEL_DEVELOPMENT})
             except MlflowException:  # created meanwhile by another process
                 created = self.client.get_experiment_by_name(experiment)
                 if created is None:  # not that: the creation itself failed
@@ -123,6 +128,10 @@ class Store:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:  # created by an older cp, or by hand
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND,
+                                               MODEL_DEVELOPMENT)
+        self._datasets: dict[str, Any] = {}
 
     def runs(self, filter_string: str) -> list:
         """Every active run of the experiment that matches (all pages)."""
@@ -205,11 +214,41 @@ class Store:
                    for k, v, step in run_metrics(result)]
         params = [Param(k, v[:6000]) for k, v in run_params(config or {}).items()]
         self.client.log_batch(child, metrics=metrics, params=params)
+        corpus = self.corpus_input((config or {}).get("data"))
+        if corpus is not None:
+            self.client.log_inputs(child, datasets=[corpus])
         if folder.config.exists():
             self.client.log_artifact(child, str(folder.config))
         self.client.set_terminated(child, status=RUN_STATUS.get(result["status"], "FAILED"),
                                    end_time=_ms(end))
         return child
+
+    def corpus_input(self, data: Optional[dict[str, Any]]) -> Any:
+        """The run's corpus (its config's ``data`` section) as an MLflow training dataset
+        input: the runs table shows it, and the same corpus is one dataset across runs. None
+        when the config names no corpus or the corpus file is gone."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from ..data import BUNDLED, DataConfig, corpus_fingerprint
+
+        if not data or not data.get("corpus"):
+            return None
+        cfg = DataConfig(corpus=data["corpus"])
+        key = f"{cfg.corpus}\0{data.get('val_fraction')}"
+        if key not in self._datasets:
+            bundled = cfg.corpus in BUNDLED
+            try:
+                digest = corpus_fingerprint(cfg)[:16]
+            except OSError:
+                return None
+            source = (f"cp.corpora/{BUNDLED[cfg.corpus]}" if bundled
+                      else str(Path(cfg.corpus).expanduser().resolve()))
+            self._datasets[key] = Dataset(
+                name=cfg.corpus if bundled else Path(cfg.corpus).name, digest=digest,
+                source_type="code" if bundled else "local",
+                source=json.dumps({"uri": source}),
+                profile=json.dumps({"val_fraction": data.get("val_fraction")}))
+        return DatasetInput(self._datasets[key], [InputTag(DATASET_CONTEXT, "training")])
 
     def log_outputs(self, parent_id: str, outputs: Outputs) -> None:
         """The stage's files and numbers on its parent, then the fingerprint that says so."""
