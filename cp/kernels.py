@@ -50,7 +50,7 @@ class _RMSNorm(torch.autograd.Function):
         # F.rms_norm's own steps, in fp32 at least (it upcasts bf16 the same way), rounded
         # to the input's dtype once, at the end.
         xf = x.to(_computation_dtype(x))
-        rstd = (xf.square().mean(-1, keepdim=True) + eps).rsqrt()
+        rstd = xf.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
         x_hat = xf * rstd
         ctx.save_for_backward(x_hat, gain, rstd)
         return (x_hat * gain.to(xf.dtype)).to(x.dtype)
@@ -59,12 +59,14 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_hat, gain, rstd = ctx.saved_tensors
         gyf = gy.to(x_hat.dtype)
-        gg = gyf * gain.to(x_hat.dtype)
-        # d/dx of x * rstd(x) * g: rstd * (g gy - x_hat * mean(g gy * x_hat)).
-        gx = (gg - x_hat * (gg * x_hat).mean(-1, keepdim=True)) * rstd
         ggain = None
         if ctx.needs_input_grad[1]:
             ggain = (gyf * x_hat).reshape(-1, x_hat.shape[-1]).sum(0).to(gain.dtype)
+        gg = gyf * gain.to(x_hat.dtype)
+        # d/dx of x * rstd(x) * g: rstd * (g gy - x_hat * mean(g gy * x_hat)), in place on
+        # g gy: on CPU each fresh activation-sized temporary costs more than the op itself.
+        dot = (gg * x_hat).mean(-1, keepdim=True)
+        gx = gg.addcmul_(x_hat, dot, value=-1).mul_(rstd)
         return gx.to(gy.dtype), ggain, None
 
 
