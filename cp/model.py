@@ -36,7 +36,9 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)
-        return y if self.multiplier == 1.0 else y * self.multiplier
+        # In place: the product is the same, without a second activation-sized tensor (the
+        # matmul's backward does not need its output).
+        return y if self.multiplier == 1.0 else y.mul_(self.multiplier)
 
 
 class RMSNorm(nn.Module):
@@ -183,7 +185,7 @@ class GPT(nn.Module):
         T = idx.shape[1]
         h = F.embedding(idx, self.embedding)
         if self.embedding_multiplier != 1.0:
-            h = h * self.embedding_multiplier
+            h = h.mul_(self.embedding_multiplier)  # in place: the lookup's backward needs idx only
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for block in self.blocks:
             h = block(h, cos, sin)
