@@ -64,9 +64,10 @@ class _RMSNorm(torch.autograd.Function):
             ggain = (gyf * x_hat).reshape(-1, x_hat.shape[-1]).sum(0).to(gain.dtype)
         gg = gyf * gain.to(x_hat.dtype)
         # d/dx of x * rstd(x) * g: rstd * (g gy - x_hat * mean(g gy * x_hat)), in place on
-        # g gy: on CPU each fresh activation-sized temporary costs more than the op itself.
+        # g gy where that rounds the same (an activation-sized temporary costs more than the
+        # op on CPU); not addcmul_, whose fused multiply-add would round differently.
         dot = (gg * x_hat).mean(-1, keepdim=True)
-        gx = gg.addcmul_(x_hat, dot, value=-1).mul_(rstd)
+        gx = gg.sub_(x_hat * dot).mul_(rstd)
         return gx.to(gy.dtype), ggain, None
 
 
