@@ -189,6 +189,20 @@ def _byte_tokens_file(name: str, read_text: Callable[[], bytes], fingerprint: st
     return path
 
 
+def _file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def corpus_fingerprint(cfg: DataConfig) -> str:
+    """A digest that changes when the corpus does: the bundled file's sha256, a user file's
+    (path, size, modification time)."""
+    if cfg.corpus in BUNDLED:
+        raw = resources.files("cp.corpora").joinpath(BUNDLED[cfg.corpus]).read_bytes()
+        return hashlib.sha256(raw).hexdigest()
+    return _file_fingerprint(Path(cfg.corpus).expanduser())
+
+
 def token_file(cfg: DataConfig) -> tuple[Path, Optional[type]]:
     """The memory-mappable token file for ``cfg`` (created in the cache for text corpora) and
     its element type (None for a self-describing ``.npy`` file)."""
@@ -204,9 +218,7 @@ def token_file(cfg: DataConfig) -> tuple[Path, Optional[type]]:
             "nor an existing file"
         )
     if path.suffix in TEXT_SUFFIXES:
-        st = path.stat()
-        fp = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-        return _byte_tokens_file(path.stem, path.read_bytes, fp), np.uint8
+        return _byte_tokens_file(path.stem, path.read_bytes, _file_fingerprint(path)), np.uint8
     if path.suffix == ".npy":
         return path, None
     return path, DTYPES[cfg.dtype]

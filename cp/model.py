@@ -1,10 +1,11 @@
 """A modern GPT whose every parameter knows its (group, layer) in the rule table.
 
 Pre-norm RMSNorm blocks, per-head QK-norm, RoPE, untied embeddings, SwiGLU or GELU MLP, optional
-z-loss. Width grows with a fixed head dimension. The parameterisation enters only through the
-resolved `GroupSettings`: each module draws its init from ``init_std`` and multiplies its output
-by ``multiplier``. The residual-branch scaling m_L^-alpha is the multiplier of the branch's
-output projection (``attn_out``, ``mlp_down``), so no depth factor is hidden in this file.
+z-loss. Width grows with a fixed head dimension. RMSNorm and RoPE are single autograd nodes
+(`cp.kernels`). The parameterisation enters only through the resolved `GroupSettings`: each
+module draws its init from ``init_std`` and multiplies its output by ``multiplier``. The
+residual-branch scaling m_L^-alpha is the multiplier of the branch's output projection
+(``attn_out``, ``mlp_down``), so no depth factor is hidden in this file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .kernels import apply_rope, rms_norm, rope_full_tables, rope_tables
 from .roles import CP_BLOCK_PARAMS, CP_TOP_PARAMS
 from .scaling import GroupSettings
 
@@ -36,7 +38,9 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)
-        return y if self.multiplier == 1.0 else y * self.multiplier
+        # In place: the product is the same, without a second activation-sized tensor (the
+        # matmul's backward does not need its output).
+        return y if self.multiplier == 1.0 else y.mul_(self.multiplier)
 
 
 class RMSNorm(nn.Module):
@@ -55,20 +59,7 @@ class RMSNorm(nn.Module):
         g = self.gain if self.multiplier == 1.0 else self.gain * self.multiplier
         # Under bf16 autocast the activations are bf16: a gain of the same dtype keeps the
         # fused kernel (it accumulates in fp32 regardless).
-        return F.rms_norm(x, (x.shape[-1],), g.to(x.dtype), self.eps)
-
-
-def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_{i+D/2}) of a (B, H, T, D) tensor by position-dependent angles."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return rms_norm(x, g.to(x.dtype), self.eps)
 
 
 class Attention(nn.Module):
@@ -91,8 +82,8 @@ class Attention(nn.Module):
         q, k, v = self.q(x).view(shape), self.k(x).view(shape), self.v(x).view(shape)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -173,7 +164,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i, s) for i in range(cfg.depth))
         self.final_norm = RMSNorm(cfg.width, s["final_norm", None], cfg.arch.norm_eps)
         self.unembedding = Linear(cfg.width, cfg.vocab_size, s["unembedding", None])
-        cos, sin = rope_tables(cfg.seq_len, cfg.arch.head_dim, cfg.arch.rope_base)
+        cos, sin = rope_full_tables(*rope_tables(cfg.seq_len, cfg.arch.head_dim,
+                                                 cfg.arch.rope_base), cfg.n_heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
@@ -208,7 +200,7 @@ class GPT(nn.Module):
         T = idx.shape[1]
         h = F.embedding(idx, self.embedding)
         if self.embedding_multiplier != 1.0:
-            h = h * self.embedding_multiplier
+            h = h.mul_(self.embedding_multiplier)  # in place: the lookup's backward needs idx only
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for block in self.blocks:
             h = block(h, cos, sin)

@@ -21,7 +21,8 @@ CP = Path(__file__).parent.parent / "cp"
 FLOORS = [
     ["cp", "cp.schema", "cp.yamlsafe", "cp.scaling", "cp.scaling.*", "cp.corpora"],
     ["cp.data", "cp.schedule", "cp.resources", "cp.doc", "cp.provenance", "cp.search",
-     "cp.search.*", "cp.roles", "cp.prepare"],
+     "cp.search.*", "cp.roles", "cp.prepare",
+     "cp.kernels"],
     ["cp.config"],
     ["cp.study", "cp.memory"],
     ["cp.estimate"],

@@ -13,6 +13,8 @@ package imports nothing outside itself.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -275,6 +277,13 @@ class GroupSettings:
         return {"group": self.group, "layer": self.layer, "init_std": self.init_std,
                 "multiplier": self.multiplier, "lr": self.lr, "eps": self.eps,
                 "weight_decay": self.weight_decay, "beta1": self.beta1, "beta2": self.beta2}
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """``as_dict()`` as JSON with sorted keys, made once per object: a run id hashes the
+        settings of every (group, layer), and resolved settings are shared between the runs
+        of a plan (`cp.scaling.memo`)."""
+        return json.dumps(self.as_dict(), sort_keys=True, default=repr)
 
 
 def _scaled_beta(beta: float, factor: float, table: RuleTable) -> float:

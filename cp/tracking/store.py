@@ -29,6 +29,11 @@ from .params import redacted, run_metrics, run_name, run_params
 ROLE, STAGE, RUN_ID, STUDY, OUTPUTS = "cp.role", "cp.stage", "cp.run_id", "cp.study", "cp.outputs"
 PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
+# MLflow 3.x's UI opens an experiment by its kind: without one it shows the GenAI overview
+# (traces, latency); "custom_model_development" opens the training runs table. (The values
+# are the UI's ExperimentKind enum; mlflow/server/js, 3.17.)
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+DATASET_CONTEXT = "mlflow.data.context"
 
 # MLflow's HTTP client retries a failing request for minutes by default. A tracking server
 # that is down must cost a stage seconds: few retries, short timeout (a user's own settings
@@ -116,7 +121,7 @@ class Store:
             try:
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=artifact_location(uri, experiment, study),
-                    tags={STUDY: study.name})
+                    tags={STUDY: study.name, EXPERIMENT_KIND: MODEL_DEVELOPMENT})
             except MlflowException:  # created meanwhile by another process
                 created = self.client.get_experiment_by_name(experiment)
                 if created is None:  # not that: the creation itself failed
@@ -126,6 +131,10 @@ class Store:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:  # created by an older cp, or by hand
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND,
+                                               MODEL_DEVELOPMENT)
+        self._datasets: dict[str, Any] = {}
 
     def runs(self, filter_string: str) -> list:
         """Every active run of the experiment that matches (all pages)."""
@@ -214,6 +223,9 @@ class Store:
                                                if k in run_params(config or {})}}
         params = [Param(k, v[:6000]) for k, v in shown.items()]
         self.client.log_batch(child, metrics=metrics, params=params)
+        corpus = self.corpus_input((config or {}).get("data"))
+        if corpus is not None:
+            self.client.log_inputs(child, datasets=[corpus])
         if written is not None and self.hidden:
             self.client.log_text(child, json.dumps(
                 {**written, "config": redacted(written["config"], self.hidden),
@@ -224,6 +236,45 @@ class Store:
         self.client.set_terminated(child, status=RUN_STATUS.get(result["status"], "FAILED"),
                                    end_time=_ms(end))
         return child
+
+    def corpus_input(self, data: Optional[dict[str, Any]]) -> Any:
+        """The run's corpus (its config's ``data`` section) as an MLflow training dataset
+        input: the runs table shows it, and the same corpus is one dataset across runs. None
+        when the config names no corpus or the corpus file is gone."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from ..data import BUNDLED, DataConfig, TokenDir, corpus_fingerprint
+
+        if data and data.get("tokens"):  # a prepared token directory: its meta.json says all
+            folder = TokenDir(data["tokens"])
+            key = f"tokens\0{data['tokens']}"
+            if key not in self._datasets:
+                try:
+                    digest = folder.meta_sha256()[:16]
+                except OSError:
+                    return None
+                self._datasets[key] = Dataset(
+                    name=Path(data["tokens"]).name, digest=digest, source_type="local",
+                    source=json.dumps({"uri": str(Path(data["tokens"]).expanduser().resolve())}))
+            return DatasetInput(self._datasets[key], [InputTag(DATASET_CONTEXT, "training")])
+        if not data or not data.get("corpus"):
+            return None
+        cfg = DataConfig(corpus=data["corpus"])
+        key = f"{cfg.corpus}\0{data.get('val_fraction')}"
+        if key not in self._datasets:
+            bundled = cfg.corpus in BUNDLED
+            try:
+                digest = corpus_fingerprint(cfg)[:16]
+            except OSError:
+                return None
+            source = (f"cp.corpora/{BUNDLED[cfg.corpus]}" if bundled
+                      else str(Path(cfg.corpus).expanduser().resolve()))
+            self._datasets[key] = Dataset(
+                name=cfg.corpus if bundled else Path(cfg.corpus).name, digest=digest,
+                source_type="code" if bundled else "local",
+                source=json.dumps({"uri": source}),
+                profile=json.dumps({"val_fraction": data.get("val_fraction")}))
+        return DatasetInput(self._datasets[key], [InputTag(DATASET_CONTEXT, "training")])
 
     def log_outputs(self, parent_id: str, outputs: Outputs) -> None:
         """The stage's files and numbers on its parent, then the fingerprint that says so."""
