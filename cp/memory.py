@@ -28,27 +28,28 @@ fsdp's bf16 parameters; 4 under bf16 autocast, whose fp32 norms and cast copies 
 bounds from above). Derived by listing what each op of `cp.model` saves, and checked tensor by
 tensor against `torch.autograd.graph.saved_tensors_hooks` on CPU (tests/test_memory.py):
 
-- each RMSNorm (with a gain): its input upcast to fp32 and its normalised input in fp32
-  (PyTorch's composite ``rms_norm`` computes in fp32 and keeps both for the input's and the
-  gain's gradients), plus one fp32 inverse RMS per normalised row: 8 n d + 4 n for a block
-  norm, 8 n d + 4 n a for each QK-norm;
+- each RMSNorm (with a gain): its normalised input in fp32 and one fp32 inverse RMS per
+  normalised row (`cp.kernels`' single-node RMSNorm on CPU; torch's fused kernel on a GPU
+  keeps the input, no larger, and the same inverse RMS): 4 n d + 4 n for a block norm,
+  4 n d + 4 n a for each QK-norm;
 - attention: the normed input (saved once by the q, k and v projections), the rotated q and k,
   v and the attention output (saved by the flash/efficient SDPA kernels, which keep no T x T
-  matrix, with their fp32 log-sum-exp, 4 n a), and the output's head-merged copy that the out
-  projection saves: 6 n d e + 4 n a (plus the two QK-norms);
+  matrix, with their fp32 log-sum-exp, 4 n a); the out projection saves the output's
+  head-merged view, no copy (the kernel lays its output out as (B, T, heads, head_dim)):
+  5 n d e + 4 n a (plus the two QK-norms);
 - MLP: the normed input, and for SwiGLU the gate and up outputs, silu(gate) and the product
   (4 n h e), for GELU the up output and its GELU (2 n h e);
-- so one block saves 2(8 n d + 4 n) + 7 n d e + 4 n a + 4 n h e (SwiGLU) [+ 2(8 n d + 4 n a)
+- so one block saves 2(4 n d + 4 n) + 6 n d e + 4 n a + 4 n h e (SwiGLU) [+ 2(4 n d + 4 n a)
   with QK-norm]; residual adds, RoPE (which keeps only its cos/sin tables) and the forward
   multipliers (scalars) save nothing;
-- the head: the final norm (8 n d + 4 n), its output (n d e), the fp32 log-softmax of the
+- the head: the final norm (4 n d + 4 n), its output (n d e), the fp32 log-softmax of the
   logits (4 n V; plus the fp32 logits and their log-sum-exp, 4 n V + 4 n, with a z-loss), the
   token ids (8 n) and a scalar;
 - without activation checkpointing: depth x block + head. With it, each block saves only its
   input (n d e) and recomputes one block at a time in backward: depth x n d e + block + head.
 
-This is the eager CPU kernels' count: fused GPU kernels (a fused RMSNorm keeps its input and the
-inverse RMS only) save no more, so on a GPU the estimate errs on the safe side. Where PyTorch
+This is the eager CPU kernels' count: fused GPU kernels save no more, so on a GPU the estimate
+errs on the safe side. Where PyTorch
 would fall back to the math attention kernel (which keeps the T x T scores) it would save more;
 with bf16 and head_dim <= 256 the flash kernel runs.
 """
@@ -80,9 +81,9 @@ Precision = Literal["fp32", "bf16"]
 
 
 def norm_bytes(rows: int, size: int) -> int:
-    """What one RMSNorm with a gain saves for ``rows`` rows of ``size``: its input upcast to
-    fp32, its normalised input in fp32, and one fp32 inverse RMS per row."""
-    return 2 * FP32 * rows * size + FP32 * rows
+    """What one RMSNorm with a gain saves for ``rows`` rows of ``size``: its normalised input
+    in fp32 and one fp32 inverse RMS per row (`cp.kernels.rms_norm`)."""
+    return FP32 * rows * size + FP32 * rows
 
 
 def block_activation_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
@@ -92,7 +93,7 @@ def block_activation_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
     norms = 2 * norm_bytes(n, d)
     if cfg.arch.qk_norm:
         norms += 2 * norm_bytes(n * a, cfg.arch.head_dim)
-    attention = 6 * n * d * elem + FP32 * n * a
+    attention = 5 * n * d * elem + FP32 * n * a
     mlp_tensors = 4 if cfg.arch.mlp == "swiglu" else 2
     mlp = n * d * elem + mlp_tensors * n * h * elem
     return norms + attention + mlp

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce docs/results.md from a fresh clone: specs/cpu-study.yaml end to end through the
-# pipeline (about an hour on 2 CPU cores), the four search algorithms compared on its proxy,
+# pipeline (about an hour on 2 CPU cores), the search algorithms compared (docs/search-comparison.md),
 # and the report published into docs/ with its figures. Finished runs are kept in
 # results/cpu-study/, so an interrupted call picks up where it stopped.
 set -euo pipefail
@@ -9,5 +9,6 @@ scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 snakemake --profile profiles/local --config spec=specs/cpu-study.yaml
-python benchmarks/search_comparison.py --spec specs/cpu-study.yaml --reeval-seeds 1 2 3 --quiet
+python benchmarks/search_comparison.py --search-seeds 0 1 2 --trials 32 --quiet \
+  --out docs/search-comparison.md
 cpt report results/cpu-study --publish docs/results.md

@@ -10,6 +10,7 @@ import torch
 
 from cp.config import ArchConfig, ModelConfig, ParallelConfig, count_params
 from cp.memory import (
+    BF16,
     FP32,
     USABLE_FRACTION,
     GiB,
@@ -92,9 +93,15 @@ def test_with_activation_checkpointing_a_block_keeps_only_its_input():
 
 def test_under_bf16_autocast_the_fp32_count_bounds_the_saved_tensors():
     cfg = model_config(2)
-    measured = saved_bytes(cfg, 2, autocast=True)
+    run = tiny_run(scale=Scale(width=cfg.width, depth=cfg.depth, batch=8, tokens=8 * 32 * 4,
+                               seq_len=cfg.seq_len), arch=cfg.arch)
+    # autocast saves a bf16 copy of each matmul's weight too: the plan counts those under
+    # buffers ("autocast copies"), not activations
+    weights = sum(p.numel() for name, p in GPT(cfg, run.settings()).named_parameters()
+                  if p.ndim == 2 and name != "embedding")
+    measured = saved_bytes(cfg, 2, autocast=True) - BF16 * weights
     bound = activation_bytes(cfg, 2 * 32, FP32, False)
-    assert 0.8 * bound < measured <= bound
+    assert 0.7 * bound < measured <= bound
 
 
 def test_sharding_divides_what_each_gpu_holds_and_micro_batches_the_activations():

@@ -53,7 +53,7 @@ def assert_first_steps_close(reference: RunResult, other: RunResult, steps: rang
 def optimizer_groups(model) -> list[dict]:
     """Every param group's settings and members, the parameters' global shapes and kinds."""
     cfg = run_cfg()
-    opt, _ = build_optimizer(model, cfg.settings(), cfg.schedule, 40)
+    opt, _ = build_optimizer(model.tagged_parameters(), cfg.settings(), cfg.schedule, 40)
     return sorted(({"lr": g["lr"], "eps": g["eps"], "betas": list(g["betas"]),
                     "weight_decay": g["weight_decay"],
                     "members": sorted(map(str, g["cp_members"])),
@@ -80,7 +80,7 @@ def _bf16_probe(world: int) -> dict:
     model, _ = build(single_model, FSDP, int(os.environ["RANK"]), world, torch.device("cpu"),
                      bf16=True)
     cfg = run_cfg()
-    opt, _ = build_optimizer(model, cfg.settings(), cfg.schedule, 40)
+    opt, _ = build_optimizer(model.tagged_parameters(), cfg.settings(), cfg.schedule, 40)
     seen = {}
     q = model.blocks[0].attn.q
 

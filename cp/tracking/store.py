@@ -93,6 +93,9 @@ def _quiet_mlflow() -> None:
     # MLflow announces database migrations and run URLs at INFO; the stage's log is ours.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A database error (a full disk, a locked file) is logged there with its whole traceback
+    # before it is raised; the error reaches the tracker, which says it in one warning.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _ms(t: float) -> int:
