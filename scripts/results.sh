@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce docs/results.md from a fresh clone: specs/cpu-study.yaml end to end through the
-# pipeline (about an hour on 2 CPU cores), the search algorithms compared (docs/search-comparison.md),
+# pipeline (1.5-2 hours on 2 CPU cores), the search algorithms compared
+# (docs/search-comparison.md),
 # and the report published into docs/ with its figures. Finished runs are kept in
 # results/cpu-study/, so an interrupted call picks up where it stopped.
 set -euo pipefail
