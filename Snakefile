@@ -15,6 +15,7 @@ from cp.schema import SpecError
 from cp.spec import load_spec
 from cp.stages import get as stage
 from cp.study import StorageError, Study
+from cp.tracking.hub import start_hub
 
 SPEC = config.get("spec", "specs/demo.yaml")
 RESULTS = config.get("results", "results")
@@ -68,7 +69,9 @@ include: "workflow/rules/report.smk"
 # The study lock (cp.lock): taken when jobs are about to run, so a second pipeline on the same
 # study folder -- from this checkout or another -- is refused before it trains anything. The
 # stages this pipeline starts inherit its token (CP_STUDY_LOCK) and join the lock.
-LOCK = []
+# The tracking hub (cp.tracking.hub): this process, which mostly waits on its jobs, imports
+# mlflow and opens the store once, and every stage logs through it (CP_TRACKING_HUB).
+LOCK, HUB = [], []
 
 
 onstart:
@@ -76,17 +79,24 @@ onstart:
         LOCK.append(hold_for_pipeline(STUDY, f"snakemake pipeline of {SPEC}"))
     except (StudyLocked, StorageError) as e:
         raise WorkflowError(str(e)) from None
+    HUB.append(start_hub(STUDY_SPEC, STUDY))
+
+
+def _release():
+    for hub in HUB:
+        if hub is not None:
+            hub.close()
+    for lock in LOCK:
+        lock.release()
 
 
 onsuccess:
-    for lock in LOCK:
-        lock.release()
+    _release()
     print(f"\nstudy {STUDY_SPEC.name} done: report at {done('report')}\n")
 
 
 onerror:
-    for lock in LOCK:
-        lock.release()
+    _release()
 
 
 rule all:

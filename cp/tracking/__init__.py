@@ -12,13 +12,16 @@ Everything logged is read from the study folder (or is exactly what was written 
 - `params`: a run as params, metrics and a name (plain data, no mlflow);
 - `store`: the experiment in a store, and where the store is;
 - `tracker`: a stage's live logging on a background thread;
+- `hub`: the pipeline's one logger, which every stage's logging goes through;
 - `sync`: ``cpt sync``.
 """
 
+from .hub import Hub, HubTracker, stage_tracker, start_hub
 from .params import flatten, run_metrics, run_name, run_params
 from .store import Store, tracking_uri
 from .sync import SyncReport, stage_runs, sync
-from .tracker import NullTracker, StageTracker, stage_tracker
+from .tracker import NullTracker, StageTracker
 
-__all__ = ["NullTracker", "StageTracker", "Store", "SyncReport", "flatten", "run_metrics",
-           "run_name", "run_params", "stage_runs", "stage_tracker", "sync", "tracking_uri"]
+__all__ = ["Hub", "HubTracker", "NullTracker", "StageTracker", "Store", "SyncReport", "flatten",
+           "run_metrics", "run_name", "run_params", "stage_runs", "stage_tracker", "start_hub",
+           "sync", "tracking_uri"]

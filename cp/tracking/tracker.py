@@ -1,20 +1,25 @@
 """A stage's live MLflow logging: a background thread, so a slow store never holds up training;
 the first failure (a server that is down) turns tracking off for the rest of the stage with
-one warning, and ``cpt sync`` catches up later."""
+one warning, and ``cpt sync`` catches up later.
+
+Inside a pipeline the thread runs in the pipeline's tracking hub (`cp.tracking.hub`), which
+keeps mlflow imported and the store open for every stage; a stage started on its own (or
+one that cannot reach the hub) runs it in its own process."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from ..config import PlannedRun, RunResult
 from ..stages import get as get_stage
 from ..study import Study
-from .store import STAGE_STATUS, Store, tracking_uri
+from .store import STAGE_STATUS, Store
 from .sync import stage_runs
 
 FLUSH_TIMEOUT_S = 300.0
@@ -34,21 +39,47 @@ def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {os_error.group(0) if os_error else text[:200]}"
 
 
-class StageTracker:
+_T = TypeVar("_T", bound="ClosingTracker")
+
+
+class ClosingTracker:
+    """A tracker used as a context: leaving it waits for the logging to get through."""
+
+    def close(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
+        raise NotImplementedError
+
+    def __enter__(self: _T) -> _T:
+        return self
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], *exc: object) -> None:
+        # Interrupted (Ctrl-C, a job's time limit): do not hold the exit for the store.
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+        self.close(5.0 if interrupted else FLUSH_TIMEOUT_S)
+
+
+class StageTracker(ClosingTracker):
     """Logs one stage while it runs: the parent run at the start, each training run as its
     result comes back (`on_result`, the launcher's hook), the stage's outputs at the end.
 
     Work happens on a daemon thread in order, so training never waits for the store. Any
     error turns tracking off for the rest of the stage, with one warning on stderr; the study
     goes on and ``cpt sync`` fills in what is missing.
+
+    ``store`` gives the stage its `Store` (default: a new one, which imports mlflow and opens
+    the store); ``lock`` is held around each store operation (a hub's trackers share one
+    store, one operation at a time).
     """
 
     def __init__(self, study: Study, stage: str, uri: str, experiment: str,
                  record: Optional[dict] = None, warn: Callable[[str], None] = _warn,
-                 hidden: Optional[dict[str, str]] = None):
+                 hidden: Optional[dict[str, str]] = None,
+                 store: Optional[Callable[[], Store]] = None,
+                 lock: Optional[contextlib.AbstractContextManager] = None):
         self.study, self.stage, self.uri, self.experiment = study, stage, uri, experiment
         self.hidden = hidden  # run settings read from the environment (`Store`)
         self.record, self.warn = record, warn
+        self._new_store = store or (lambda: Store(uri, experiment, study, hidden))
+        self._lock = lock if lock is not None else contextlib.nullcontext()
         self.failed: Optional[str] = None
         self._store: Optional[Store] = None
         self._parent: Optional[str] = None
@@ -62,8 +93,11 @@ class StageTracker:
     # -- called by the stage -------------------------------------------------------------------
     def on_result(self, pr: PlannedRun, result: RunResult) -> None:
         """The launcher's result hook: log a training run the stage just finished."""
-        self._submit(self._log_run, pr.run_id, dict(pr.tags), pr.config.to_dict(),
-                     result.to_dict())
+        self.log_run(pr.run_id, dict(pr.tags), pr.config.to_dict(), result.to_dict())
+
+    def log_run(self, run_id: str, tags: dict, config: dict, result: dict) -> None:
+        """Log a training run (its planned tags, config and result as plain data)."""
+        self._submit(self._log_run, run_id, tags, config, result)
 
     def finish(self, record: Optional[dict] = None) -> None:
         """The stage ended (done or failed, per ``record``): log its outputs and status."""
@@ -77,14 +111,6 @@ class StageTracker:
             self._fail(TimeoutError(f"logging still busy after {timeout:.0f} s"))
             return False
         return self.failed is None
-
-    def __enter__(self) -> StageTracker:
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]], *exc: object) -> None:
-        # Interrupted (Ctrl-C, a job's time limit): do not hold the exit for the store.
-        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
-        self.close(5.0 if interrupted else FLUSH_TIMEOUT_S)
 
     # -- the worker ------------------------------------------------------------------------------
     def _submit(self, fn: Callable, *args: Any) -> None:
@@ -100,7 +126,8 @@ class StageTracker:
             if self.failed is not None:
                 continue
             try:
-                fn(*args)
+                with self._lock:
+                    fn(*args)
             except Exception as e:  # tracking never fails a stage
                 self._fail(e)
 
@@ -113,7 +140,7 @@ class StageTracker:
                   f"{self.study.root}` logs what is missing once the store is back.")
 
     def _open(self) -> None:
-        self._store = Store(self.uri, self.experiment, self.study, self.hidden)
+        self._store = self._new_store()
         self._parent = self._store.parent(self.stage, self.record)
         self._store.set_status(self._parent, "RUNNING")
         self._children = self._store.children(self._parent)
@@ -163,15 +190,3 @@ class NullTracker:
 
     def __exit__(self, *exc: object) -> None:
         pass
-
-
-def stage_tracker(spec: Any, study: Study, stage: str,
-                  record: Optional[dict] = None) -> StageTracker | NullTracker:
-    """The tracker of a stage as the spec's ``tracking`` section says."""
-    from ..spec import env_paths
-
-    t = spec.tracking
-    if not t.enabled:
-        return NullTracker()
-    return StageTracker(study, stage, tracking_uri(study, t.uri), t.experiment or spec.name,
-                        record, hidden=env_paths(spec))
