@@ -2,20 +2,26 @@
 outcome.
 
 Launchers: ``inline`` (one after another in this process), ``local`` (a pool of worker
-processes, each importing torch once and taking runs as they free up) and ``slurm`` (a job
-array through submitit, `cp.slurm`). Each run is executed by `cp.execute.execute`. A run that
-raises is recorded as ``failed`` with the traceback's tail; a worker process that dies (out of
-memory, a signal) takes its runs with it and they are retried once in a fresh pool. Progress
-lines say the stage, runs done out of the total, and an ETA from the tokens still to train.
+processes, each importing torch once and taking runs as they free up; a stage of one run too,
+so that a run that kills its process never takes the stage with it) and ``slurm`` (a job
+array through submitit, `cp.slurm`). Inside `warm_workers` (what a pipeline stage runs in)
+every launcher of the stage shares one pool, whose first workers start -- and pay for
+importing torch -- while the stage is still planning its runs.
+
+Each run is executed by `cp.execute.execute`. A run that raises is recorded as ``failed`` with
+the traceback's tail; a worker process that dies (out of memory, a signal) takes its runs with
+it and they are retried once in a fresh pool. Progress lines say the stage, runs done out of
+the total, and an ETA from the tokens still to train.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Optional
@@ -34,10 +40,74 @@ def _started_here(folder: RunFolder, since: float) -> bool:
     return recent.count("start") > recent.count("finish")
 
 
+TORCH_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""Set for every process of cp that trains (`torch_env`) unless the user has set them. GNU
+OpenMP's threads spin while they wait for work, so when another process holds a core a
+spinning thread keeps the thread it waits for off it: a 128-step smoke target run with 2
+threads took 21-54 s on 2 busy cores, and 1.2-4.5 s with passive waiting (1 thread: 1.2-2.4 s
+either way)."""
+
+
+def torch_env() -> None:
+    """`TORCH_ENV` into this process's environment (before torch is imported: OpenMP reads it
+    once, when torch loads it), so that the processes it starts inherit it too."""
+    for k, v in TORCH_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
+    # What the first run would otherwise import on its clock: the model and the trainer, and
+    # torch._dynamo (with sympy), which torch.optim loads on an optimiser's first use.
+    from . import execute, train  # noqa: F401
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+
+
+def _ready() -> None:
+    """A task that makes the pool start a worker (and run its initializer) now."""
+
+
+def _new_pool(workers: int, threads: int) -> cf.ProcessPoolExecutor:
+    torch_env()
+    ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding threads
+    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                  initargs=(threads,))
+
+
+@dataclass
+class _SharedPool:
+    pool: cf.ProcessPoolExecutor
+    size: int
+
+
+_shared: Optional[_SharedPool] = None
+
+
+@contextlib.contextmanager
+def warm_workers(spec: LauncherSpec, expected_runs: Callable[[], int]) -> Iterator[None]:
+    """Within this block, every `Launcher` with ``spec`` (kind ``local``) takes its workers
+    from one pool, whose first worker starts at once and which has ``min(workers,
+    expected_runs())`` started before the block's body runs -- while the caller plans its runs
+    -- instead of when the first run is handed out. More start on demand (a process pool
+    starts as many as runs are in flight)."""
+    global _shared
+    if spec.kind != "local" or _shared is not None:
+        yield
+        return
+    size = spec.workers or os.cpu_count() or 1
+    pool = _new_pool(size, spec.threads_per_run or 1)
+    pool.submit(_ready)
+    for _ in range(min(size, expected_runs()) - 1):
+        pool.submit(_ready)
+    _shared = _SharedPool(pool, size)
+    try:
+        yield
+    finally:
+        _shared = None
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -101,6 +171,7 @@ class Launcher:
         self.max_parallel, self.on_result, self.echo, self.fn = max_parallel, on_result, echo, fn
         self.force, self.progress = force, progress
         self._pool: Optional[cf.ProcessPoolExecutor] = None
+        self._borrowed = False  # the pool is `warm_workers`'s: not ours to shut down
         self._shape: Optional[tuple[int, int]] = None  # (workers, threads) of the pool
 
     def __enter__(self) -> Launcher:
@@ -109,16 +180,24 @@ class Launcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, broken: bool = False) -> None:
+        """Let go of the pool (``broken``: it is of no use to anyone any more)."""
+        global _shared
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            if self._borrowed and broken and _shared is not None and _shared.pool is self._pool:
+                _shared = None  # the block's later launchers start their own
+            if not self._borrowed or broken:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._borrowed = None, False
 
-    def _pool_for(self, workers: int, threads: int) -> cf.ProcessPoolExecutor:
+    def _pool_for(self, workers: int, threads: int, batch: int) -> cf.ProcessPoolExecutor:
         if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding threads
-            self._pool = cf.ProcessPoolExecutor(workers, mp_context=ctx,
-                                                initializer=_worker_init, initargs=(threads,))
+            # The shared pool runs as many runs at once as it is given, up to its size: it
+            # serves a batch that keeps within this launcher's own number of workers.
+            if _shared is not None and (batch <= workers or workers == _shared.size):
+                self._pool, self._borrowed = _shared.pool, True
+            else:
+                self._pool = _new_pool(workers, threads)
         return self._pool
 
     def run(self, runs: Sequence[PlannedRun]) -> dict[str, RunResult]:
@@ -149,7 +228,7 @@ class Launcher:
             if self._shape is None:
                 self._shape = resolve_workers(self.spec, self.max_parallel or len(todo))
             workers, threads = self._shape
-            inline = self.spec.kind == "inline" or workers == 1
+            inline = self.spec.kind == "inline"
             how = f"{'inline' if inline else f'{workers} worker(s)'} x {threads} thread(s)"
         echo(f"[{stage}] {len(todo)} runs to train ({len(results)} cached), {how}")
         progress = _Progress(stage, len(unique), len(results), sum(p.tokens for p in todo),
@@ -185,7 +264,8 @@ class Launcher:
             """Run ``batch``; return the runs lost to a dying worker."""
             if isolated:  # a one-worker pool of its own
                 self.close()
-            pool = self._pool_for(1 if isolated else workers, threads)
+                self._pool = _new_pool(1, threads)
+            pool = self._pool_for(workers, threads, len(batch))
             broken: list[PlannedRun] = []
             futures = {pool.submit(self.fn, pr.config, self.study.run(pr.run_id),
                                    threads): pr for pr in batch}
@@ -197,14 +277,14 @@ class Launcher:
                     broken.append(pr)
                     continue
                 except StorageError:
-                    self.close()  # the other workers meet the same disk: stop them all
+                    self.close(broken=True)  # the other workers meet the same disk: stop them
                     raise
                 except Exception as e:  # raised outside train()'s own guard
                     result = record_failed(pr, f"{type(e).__name__}: {e}",
                                            self.study.run(pr.run_id))
                 finished(pr, result)
             if broken or isolated:
-                self.close()  # a broken pool cannot be reused; an isolated one is done
+                self.close(broken=True)  # a broken pool cannot be reused; an isolated one is done
             return broken
 
         session_start = time.time()

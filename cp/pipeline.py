@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from .config import PlannedRun, RunResult
 from .execute import ResultHook
+from .launch import warm_workers
 from .provenance import stage_record
 from .spec import Spec
 from .stages import NAMES, STAGES, Context, StageFailed, StagePlan, get
@@ -78,6 +79,16 @@ def redo_hint(study: Study, path: Path) -> str:
 
 def _run_once(name: str, spec: Spec, study: Study, on_result: Optional[ResultHook],
               echo: Callable[[str], None]) -> Any:
+    stage = get(name)
+    if not stage.trains:
+        return _run_stage(name, spec, study, on_result, echo)
+    # The stage's workers start (and import torch) while it checks its models and plans.
+    with warm_workers(spec.launcher, lambda: stage.plan(spec).runs):
+        return _run_stage(name, spec, study, on_result, echo)
+
+
+def _run_stage(name: str, spec: Spec, study: Study, on_result: Optional[ResultHook],
+               echo: Callable[[str], None]) -> Any:
     stage = get(name)
     if stage.trains or name == "check":  # builds models: a factory's must fit its roles
         spec.check_models()

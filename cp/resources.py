@@ -103,7 +103,8 @@ class LauncherSpec:
     """Where runs execute (usually set by the Snakemake profile)."""
 
     kind: Literal["inline", "local", "slurm"] = "local"
-    """``inline``: one after another in the stage's process; ``local``: a process pool;
+    """``inline``: one after another in the stage's process; ``local``: a process pool (one
+    run too: a run that kills its process never takes the stage with it);
     ``slurm``: one SLURM job per run (job arrays through submitit)."""
     workers: int = 0
     """Runs in parallel (local); 0: one per CPU core."""

@@ -22,3 +22,13 @@ def crashing(cfg: RunConfig, run_dir: RunFolder, threads: int = 0) -> RunResult:
 
 def dies_before_starting(cfg: RunConfig, run_dir: RunFolder, threads: int = 0) -> RunResult:
     os._exit(4)
+
+
+def records_pid(cfg: RunConfig, run_dir: RunFolder, threads: int = 0) -> RunResult:
+    """Trains, after noting which process (and whether torch._dynamo was already imported
+    there: a warm worker imported it before its first run) in the run's folder."""
+    import sys
+
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    (run_dir.path / "pid").write_text(f"{os.getpid()} {int('torch._dynamo' in sys.modules)}")
+    return crashing(cfg, run_dir, threads)

@@ -101,3 +101,58 @@ def test_workers_dying_before_any_run_starts_is_an_error_not_a_failed_run(tiny, 
         launch(runs, study, LauncherSpec(kind="local", workers=2), "t", echo=lambda m: None,
                fn=dies_before_starting)
     assert all(study.run(r.run_id).load_result() is None for r in runs)  # nothing cached
+
+
+def worker_of(study, run):
+    """(pid, whether torch._dynamo was imported before the run) of the process that ran it."""
+    pid, warm = (study.run(run.run_id).path / "pid").read_text().split()
+    return int(pid), warm == "1"
+
+
+def test_a_stage_of_one_run_trains_it_in_a_worker_and_survives_its_death(tiny, tmp_path):
+    """One run used to train inside the stage's own process: a run that killed its process
+    (out of memory, a segfault) took the stage with it."""
+    import os
+
+    from tests.launch_helpers import records_pid
+
+    study = Study(tmp_path)
+    fine, dies = planned(tiny, 0.01), planned(tiny, DIE_LR)
+    assert launch([fine], study, LauncherSpec(kind="local"), "t", echo=lambda m: None,
+                  fn=records_pid)[fine.run_id].ok
+    assert worker_of(study, fine)[0] != os.getpid()
+    result = launch([dies], study, LauncherSpec(kind="local"), "t", echo=lambda m: None,
+                    fn=records_pid)[dies.run_id]
+    assert result.status == "failed" and "died twice" in result.reason
+
+
+def test_warm_workers_serve_every_launch_of_a_stage_from_workers_started_before_it(tiny,
+                                                                                 tmp_path):
+    import os
+
+    from cp.launch import warm_workers
+    from tests.launch_helpers import records_pid
+
+    study = Study(tmp_path)
+    first, second = planned(tiny, 0.01), planned(tiny, 0.003)
+    spec = LauncherSpec(kind="local", workers=1)
+    with warm_workers(spec, lambda: 2):
+        launch([first], study, spec, "t", echo=lambda m: None, fn=records_pid)
+        launch([second], study, spec, "t", echo=lambda m: None, fn=records_pid)
+    (pid1, warm1), (pid2, warm2) = worker_of(study, first), worker_of(study, second)
+    assert pid1 == pid2 != os.getpid()  # one worker, kept across the stage's launches
+    assert warm1 and warm2  # it had imported torch._dynamo before its first run
+
+
+def test_a_worker_death_inside_warm_workers_leaves_later_launches_a_working_pool(tiny,
+                                                                               tmp_path):
+    from cp.launch import warm_workers
+    from tests.launch_helpers import records_pid
+
+    study = Study(tmp_path)
+    dies, after = planned(tiny, DIE_LR), planned(tiny, 0.01)
+    spec = LauncherSpec(kind="local", workers=2)
+    with warm_workers(spec, lambda: 2):
+        died = launch([dies], study, spec, "t", echo=lambda m: None, fn=records_pid)
+        fine = launch([after], study, spec, "t", echo=lambda m: None, fn=records_pid)
+    assert died[dies.run_id].status == "failed" and fine[after.run_id].ok
