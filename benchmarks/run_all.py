@@ -386,7 +386,9 @@ def main() -> None:
     ws = worker_startup(args.repeats)
     show(["## Worker start-up", "",
           f"A fresh interpreter, as a spawned pool worker, to its first training step (median "
-          f"of {args.repeats}); seconds per phase:", "",
+          f"of {args.repeats}); seconds per phase. In a pipeline a stage's workers pay this "
+          "once per stage, and start while the stage checks its models and plans its runs "
+          "(`cp.launch.warm_workers`); they import torch._dynamo before their first run.", "",
           "| phase | s |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in ws.items()], ""])
     rows = []
     for n in (1_000, 10_000, 100_000):

@@ -5,6 +5,8 @@ and both compete with the stage's own start for the CPU; a stage would then wait
 logging to drain before it could end. The pipeline (the Snakefile's ``onstart``) starts a
 `Hub` in the Snakemake process instead, which mostly waits on its jobs: it imports mlflow and
 opens the study's store once, while the first stage starts, and keeps them for every stage.
+Its threads run at a lower priority than the stages (`HUB_NICENESS`), so on a machine whose
+cores all train, logging takes the time the stages leave idle.
 
 A stage process finds the hub through the ``CP_TRACKING_HUB`` environment variable (its
 socket and key), which every job the pipeline starts inherits, and sends its logging there
@@ -37,8 +39,20 @@ from .tracker import FLUSH_TIMEOUT_S, ClosingTracker, NullTracker, StageTracker,
 ENV_HUB = "CP_TRACKING_HUB"
 """The environment variable through which a pipeline's stages find its hub."""
 
+HUB_NICENESS = 10
+"""How much lower than the pipeline's the hub's threads run: on a machine that trains on
+every core, the hub logs in the gaps (a stage waits at its end for what is left)."""
+
 CONNECT_TIMEOUT_S = 5.0
 """How long a stage waits for the hub to answer its hello before it tracks by itself."""
+
+
+def _lower_priority() -> None:
+    """This thread (and the threads it starts) at `HUB_NICENESS` (Linux: niceness is per
+    thread; elsewhere the thread keeps its priority)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       os.getpriority(os.PRIO_PROCESS, 0) + HUB_NICENESS)
 
 
 class Hub:
@@ -66,6 +80,7 @@ class Hub:
         finds them ready. A failure here is left to the stages (each warns once)."""
 
         def open_store() -> None:
+            _lower_priority()
             with contextlib.suppress(Exception):
                 self.store(study, uri, experiment, hidden)
 
@@ -87,6 +102,7 @@ class Hub:
         self._listener.close()
 
     def _serve(self) -> None:
+        _lower_priority()  # inherited by the threads that log each stage
         while not self._closed:
             try:
                 conn = self._listener.accept()
