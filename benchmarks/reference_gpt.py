@@ -9,7 +9,8 @@ head. Options: ``bias`` (LayerNorm and Linear biases, GPT-2 has them; off by def
 cp's model, which has none), ``tie`` (the head shares the token embedding, as GPT-2 does; off
 by default, like cp's model). Init: N(0, 0.02), the residual output projections N(0, 0.02 /
 sqrt(2 * depth)). Optimiser: AdamW with one decayed group (matrices) and one undecayed group
-(vectors), fused on CUDA, torch's default (foreach) on CPU.
+(vectors), fused on CUDA; on CPU torch's default there, the per-tensor loop (torch defaults to
+foreach on GPUs only), as cp's optimiser runs there too.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Three models train, each with its own optimiser, step = forward + backward + Ada
 
 - ``reference``: `reference_gpt.ReferenceGPT` -- learned positions, LayerNorm (no bias), GELU
   MLP of 4x width, fused qkv, SDPA, untied head, no biases; AdamW with one decay and one
-  no-decay group (torch's default foreach implementation on CPU).
+  no-decay group (on CPU torch's default per-tensor loop, as cp's optimiser).
 - ``like_for_like``: cp's GPT in the configuration closest to the reference that cp's
   architecture has: GELU MLP of 4x width (``mlp: gelu, mlp_ratio: 4``), no QK-norm, the same
   width, depth, heads (head_dim 32), sequence length, batch and vocabulary, untied, no biases.

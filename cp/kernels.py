@@ -1,23 +1,31 @@
-"""RMSNorm and RoPE as single autograd nodes, so that a CPU training step does not spend its
-time on the many small kernels autograd makes of them.
+"""RMSNorm, RoPE and the multiplied linear layer as single autograd nodes, so that a CPU
+training step does not spend its time on the many small kernels and activation-sized
+temporaries autograd makes of them.
 
 On CPU, ``F.rms_norm`` with gradients decomposes into pow, mean, add, rsqrt and two muls, and
 autograd's backward of those into about a dozen more (with scalar ops that run off the
 vectorised path): 4-5x ``F.layer_norm``, which has a native kernel each way. RoPE written with
 chunk and cat works on half-rows (head_dim / 2 contiguous floats) in 7 kernels forward and
-more backward. Here each is one `torch.autograd.Function` over whole rows:
+more backward. A forward multiplier applied to a layer's output costs a pass over the output
+forward and another backward. Here each is one `torch.autograd.Function`, which writes into a
+buffer it already has where it can (on CPU a fresh activation-sized buffer costs about as much
+as the op that fills it):
 
-- RMSNorm: the same forward ops as ``F.rms_norm`` (so the same numbers), the closed-form
-  backward ``rstd * (g*gy - x_hat * mean(g*gy * x_hat))``, computed in fp32 (float64 for
-  float64 inputs) and rounded once;
+- RMSNorm: the same forward ops as ``F.rms_norm`` (so the same numbers); the closed-form
+  backward ``rstd * (g*gy - x_hat * mean(g*gy * x_hat))`` in fp32 (float64 for float64
+  inputs), the row means as a matrix-vector product, rounded once at the end;
 - RoPE: ``x * [cos, cos] + swap(x) * [-sin, sin]`` with swap(x) = (x_2, x_1), on full-width
-  tables (T, heads, head_dim): each element gets exactly the products and the sum the plain
-  formula computes, so forward and backward (the inverse rotation: it saves no activation)
-  give the same numbers.
+  tables (T, heads, head_dim), the swapped products multiply-added in place half-row by
+  half-row (no swapped copy); the backward is the inverse rotation and saves no activation;
+- linear with a multiplier m: ``x (m W)^T``, scaling the weight (fan_in x fan_out numbers,
+  each way) instead of the output (tokens x fan_out), and saving what ``F.linear`` saves (the
+  input and the parameter itself, no scaled copy).
 
-tests/test_kernels.py pins both against the plain formulas, forward and backward, fp32 and
-bf16. When torch.compile traces the model (the GPU path) the formulas run as plain torch ops
-(it fuses them itself), and so does RMSNorm on CUDA, where torch has a fused kernel each way.
+The fused multiply-adds (``addcmul_``) and the weight-side multiplier round differently from
+the plain formulas, by a rounding or two per element; tests/test_kernels.py pins each against
+the plain formula computed in float64, forward and backward, fp32 and bf16. When torch.compile
+traces the model (the GPU path) the plain formulas run as plain torch ops (it fuses them
+itself), and so does RMSNorm on CUDA, where torch has a fused kernel each way.
 """
 
 from __future__ import annotations
@@ -50,24 +58,26 @@ class _RMSNorm(torch.autograd.Function):
         # F.rms_norm's own steps, in fp32 at least (it upcasts bf16 the same way), rounded
         # to the input's dtype once, at the end.
         xf = x.to(_computation_dtype(x))
-        rstd = xf.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
-        x_hat = xf * rstd
+        squares = xf.square()
+        rstd = squares.mean(-1, keepdim=True).add_(eps).rsqrt_()
+        # x_hat overwrites the squares, no longer needed: no second buffer.
+        x_hat = torch.mul(xf, rstd, out=squares)
         ctx.save_for_backward(x_hat, gain, rstd)
         return (x_hat * gain.to(xf.dtype)).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_hat, gain, rstd = ctx.saved_tensors
-        gyf = gy.to(x_hat.dtype)
-        ggain = None
-        if ctx.needs_input_grad[1]:
-            ggain = (gyf * x_hat).reshape(-1, x_hat.shape[-1]).sum(0).to(gain.dtype)
-        gg = gyf * gain.to(x_hat.dtype)
-        # d/dx of x * rstd(x) * g: rstd * (g gy - x_hat * mean(g gy * x_hat)), in place on
-        # g gy where that rounds the same (an activation-sized temporary costs more than the
-        # op on CPU); not addcmul_, whose fused multiply-add would round differently.
-        dot = (gg * x_hat).mean(-1, keepdim=True)
-        gx = gg.sub_(x_hat * dot).mul_(rstd)
+        size = x_hat.shape[-1]
+        gyf, g = gy.to(x_hat.dtype), gain.to(x_hat.dtype)
+        # gy * x_hat serves both the gain's gradient (its column sums) and the row means
+        # mean(g gy x_hat) = (gy x_hat) @ g / size, a matrix-vector product.
+        rows = (gyf * x_hat).reshape(-1, size)
+        ggain = rows.sum(0).to(gain.dtype) if ctx.needs_input_grad[1] else None
+        dot = torch.mv(rows, g).div_(size).view(rstd.shape)
+        # d/dx of x * rstd(x) * g: rstd * (g gy - x_hat * mean(g gy x_hat)), the subtraction
+        # a fused multiply-add in place: one pass and no buffer instead of two and one.
+        gx = (gyf * g).addcmul_(x_hat, dot, value=-1).mul_(rstd)
         return gx.to(gy.dtype), ggain, None
 
 
@@ -100,19 +110,30 @@ def rope_full_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int
     return full_cos.contiguous(), full_sin.contiguous()
 
 
-def _swap_halves(x: torch.Tensor) -> torch.Tensor:
-    """(x_2, x_1) for x = (x_1, x_2) split along the last dimension."""
+def _rotate_plain(x: torch.Tensor, full_cos: torch.Tensor, full_sin: torch.Tensor
+                  ) -> torch.Tensor:
+    """x * [cos, cos] + swap(x) * [-sin, sin] in plain ops, for torch.compile to fuse."""
     half = x.shape[-1] // 2
-    out = torch.empty_like(x)
-    out[..., :half] = x[..., half:]
-    out[..., half:] = x[..., :half]
-    return out
+    return x * full_cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * full_sin
 
 
 def _rotate(x: torch.Tensor, full_cos: torch.Tensor, full_sin: torch.Tensor) -> torch.Tensor:
-    # Per element, the plain formula's two products and one sum (x1 c - x2 s is x1 c + x2 (-s),
-    # exactly), so the same numbers.
-    return x * full_cos + _swap_halves(x) * full_sin
+    """`_rotate_plain` in three kernels and one buffer."""
+    half = x.shape[-1] // 2
+    y = x * full_cos
+    y[..., :half].addcmul_(x[..., half:], full_sin[..., :half])
+    y[..., half:].addcmul_(x[..., :half], full_sin[..., half:])
+    return y
+
+
+def _rotate_back(gy: torch.Tensor, full_cos: torch.Tensor, full_sin: torch.Tensor
+                 ) -> torch.Tensor:
+    """The transpose of `_rotate` (the inverse rotation): gy [cos, cos] + swap(gy [-sin, sin])."""
+    half = gy.shape[-1] // 2
+    gx = gy * full_cos
+    gx[..., half:].addcmul_(gy[..., :half], full_sin[..., :half])
+    gx[..., :half].addcmul_(gy[..., half:], full_sin[..., half:])
+    return gx
 
 
 class _RoPE(torch.autograd.Function):
@@ -124,15 +145,56 @@ class _RoPE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        full_cos, full_sin = ctx.saved_tensors
-        # The transpose of y = x C + swap(x) S is gy C + swap(gy S): the inverse rotation.
-        return gy * full_cos + _swap_halves(gy * full_sin), None, None
+        return _rotate_back(gy, *ctx.saved_tensors), None, None
 
 
 def apply_rope(x: torch.Tensor, full_cos: torch.Tensor, full_sin: torch.Tensor) -> torch.Tensor:
     """Rotate the pairs (x_i, x_{i+D/2}) of each head of ``x`` (B, T, heads, D) by the angles
     whose `rope_full_tables` (T, heads, D) are given."""
     full_cos, full_sin = full_cos.to(x.dtype), full_sin.to(x.dtype)
+    if torch.compiler.is_compiling():
+        return _rotate_plain(x, full_cos, full_sin)
     if _single_node(x):
         return _RoPE.apply(x, full_cos, full_sin)
     return _rotate(x, full_cos, full_sin)
+
+
+# ---------------------------------------------------------------------------------------------
+# A linear layer with a forward multiplier: y = m x W^T.
+
+
+class _ScaledLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, multiplier: float
+                ) -> torch.Tensor:
+        # What F.linear saves (x and the parameter itself), so the same saved tensors.
+        ctx.save_for_backward(x, weight)
+        ctx.multiplier = multiplier
+        return F.linear(x, weight * multiplier)
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        m = ctx.multiplier
+        gx = gy.matmul(weight * m) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = gy.reshape(-1, gy.shape[-1]).t().mm(x.reshape(-1, x.shape[-1])).mul_(m)
+        return gx, gw, None
+
+
+def scaled_linear(x: torch.Tensor, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """``multiplier * F.linear(x, weight)``, computed as ``F.linear(x, multiplier * weight)``
+    (equal up to rounding): the multiplier costs a pass over the weight each way instead of
+    one over the output forward and another backward, and tokens >> fan_in in training."""
+    if multiplier == 1.0:
+        return F.linear(x, weight)
+    if torch.compiler.is_compiling():
+        return F.linear(x, weight) * multiplier
+    if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            and not torch.is_autocast_enabled(x.device.type)):
+        # Autograd would save the scaled weight, a copy of the parameter; the single node
+        # saves the parameter itself.
+        return _ScaledLinear.apply(x, weight, multiplier)
+    # Under autocast, F.linear saves a low-precision copy of whichever weight it is given.
+    return F.linear(x, weight * multiplier)

@@ -1,11 +1,13 @@
 """A modern GPT whose every parameter knows its (group, layer) in the rule table.
 
 Pre-norm RMSNorm blocks, per-head QK-norm, RoPE, untied embeddings, SwiGLU or GELU MLP, optional
-z-loss. Width grows with a fixed head dimension. RMSNorm and RoPE are single autograd nodes
-(`cp.kernels`). The parameterisation enters only through the resolved `GroupSettings`: each
-module draws its init from ``init_std`` and multiplies its output by ``multiplier``. The
-residual-branch scaling m_L^-alpha is the multiplier of the branch's output projection
-(``attn_out``, ``mlp_down``), so no depth factor is hidden in this file.
+z-loss. Width grows with a fixed head dimension. RMSNorm, RoPE and the linear layers with a
+multiplier are single autograd nodes (`cp.kernels`). The parameterisation enters only through
+the resolved `GroupSettings`: each module draws its init from ``init_std`` and multiplies its
+output by ``multiplier`` (a linear layer by scaling its weight: the same product up to
+rounding, and cheaper, as tokens outnumber the layer's inputs). The residual-branch scaling
+m_L^-alpha is the multiplier of the branch's output projection (``attn_out``, ``mlp_down``),
+so no depth factor is hidden in this file.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kernels import apply_rope, rms_norm, rope_full_tables, rope_tables
+from .kernels import apply_rope, rms_norm, rope_full_tables, rope_tables, scaled_linear
 from .roles import CP_BLOCK_PARAMS, CP_TOP_PARAMS
 from .scaling import GroupSettings
 
 
 class Linear(nn.Module):
-    """y = multiplier * x W^T, W ~ N(0, init_std^2)."""
+    """y = multiplier * x W^T, W ~ N(0, init_std^2); in eager mode computed as
+    x (multiplier * W)^T (`cp.kernels.scaled_linear`)."""
 
     def __init__(self, fan_in: int, fan_out: int, s: GroupSettings):
         super().__init__()
@@ -37,10 +40,7 @@ class Linear(nn.Module):
         nn.init.normal_(self.weight, std=self.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
-        # In place: the product is the same, without a second activation-sized tensor (the
-        # matmul's backward does not need its output).
-        return y if self.multiplier == 1.0 else y.mul_(self.multiplier)
+        return scaled_linear(x, self.weight, self.multiplier)
 
 
 class RMSNorm(nn.Module):
