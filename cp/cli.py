@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .execute import LaunchError
-from .launch import torch_env
 from .lock import StudyLocked, hold
 from .schema import SpecError
 from .spec import Spec, load_spec
@@ -647,7 +646,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    torch_env()
     try:
         return args.fn(args)
     except SpecError as e:

@@ -40,21 +40,6 @@ def _started_here(folder: RunFolder, since: float) -> bool:
     return recent.count("start") > recent.count("finish")
 
 
-TORCH_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""Set for every process of cp that trains (`torch_env`) unless the user has set them. GNU
-OpenMP's threads spin while they wait for work, so when another process holds a core a
-spinning thread keeps the thread it waits for off it: a 128-step smoke target run with 2
-threads took 21-54 s on 2 busy cores, and 1.2-4.5 s with passive waiting (1 thread: 1.2-2.4 s
-either way)."""
-
-
-def torch_env() -> None:
-    """`TORCH_ENV` into this process's environment (before torch is imported: OpenMP reads it
-    once, when torch loads it), so that the processes it starts inherit it too."""
-    for k, v in TORCH_ENV.items():
-        os.environ.setdefault(k, v)
-
-
 def _worker_init(threads: int) -> None:
     import torch
 
@@ -71,7 +56,6 @@ def _ready() -> None:
 
 
 def _new_pool(workers: int, threads: int) -> cf.ProcessPoolExecutor:
-    torch_env()
     ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding threads
     return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                   initargs=(threads,))
