@@ -118,7 +118,7 @@ class Hub:
                  warn: Callable[[str], None]) -> StageTracker:
         study = Study(Path(root))
         return StageTracker(study, stage, uri, experiment, record, warn=warn, hidden=hidden,
-                            lock=self._store_ops,
+                            lock=self._store_ops, logged_by="hub",
                             store=lambda: self.store(study, uri, experiment, hidden))
 
     def _handle(self, conn: Connection) -> None:

@@ -28,6 +28,7 @@ from .params import redacted, run_metrics, run_name, run_params
 # run's own tags (stage, axis, arm, seed...) are logged under their plain names.
 ROLE, STAGE, RUN_ID, STUDY, OUTPUTS = "cp.role", "cp.stage", "cp.run_id", "cp.study", "cp.outputs"
 PARENT = "mlflow.parentRunId"
+LOGGED_BY = "cp.logged_by"  # a stage's parent: "hub" (the pipeline's) or "stage" (its own process)
 GIT_COMMIT = "mlflow.source.git.commit"
 # MLflow 3.x's UI opens an experiment by its kind: without one it shows the GenAI overview
 # (traces, latency); "custom_model_development" opens the training runs table. (The values
@@ -150,10 +151,13 @@ class Store:
             if not token:
                 return out
 
-    def parent(self, stage: str, record: Optional[dict] = None) -> str:
+    def parent(self, stage: str, record: Optional[dict] = None,
+               logged_by: Optional[str] = None) -> str:
         """The run id of the stage's parent run, created if there is none."""
         found = self.runs(f"tags.`{ROLE}` = 'stage' and tags.`{STAGE}` = '{stage}'")
         tags = {ROLE: "stage", STAGE: stage, STUDY: self.study.name, "stage": stage}
+        if logged_by:
+            tags[LOGGED_BY] = logged_by
         if record and record.get("git_commit"):
             tags[GIT_COMMIT] = record["git_commit"]
         if found:

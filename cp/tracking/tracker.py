@@ -67,19 +67,22 @@ class StageTracker(ClosingTracker):
 
     ``store`` gives the stage its `Store` (default: a new one, which imports mlflow and opens
     the store); ``lock`` is held around each store operation (a hub's trackers share one
-    store, one operation at a time).
+    store, one operation at a time). ``logged_by`` is tagged on the stage's parent run
+    (``cp.logged_by``): ``stage`` (this process) or ``hub`` (the pipeline's).
     """
 
     def __init__(self, study: Study, stage: str, uri: str, experiment: str,
                  record: Optional[dict] = None, warn: Callable[[str], None] = _warn,
                  hidden: Optional[dict[str, str]] = None,
                  store: Optional[Callable[[], Store]] = None,
-                 lock: Optional[contextlib.AbstractContextManager] = None):
+                 lock: Optional[contextlib.AbstractContextManager] = None,
+                 logged_by: str = "stage"):
         self.study, self.stage, self.uri, self.experiment = study, stage, uri, experiment
         self.hidden = hidden  # run settings read from the environment (`Store`)
         self.record, self.warn = record, warn
         self._new_store = store or (lambda: Store(uri, experiment, study, hidden))
         self._lock = lock if lock is not None else contextlib.nullcontext()
+        self.logged_by = logged_by  # tagged on the parent: which process logged the stage
         self.failed: Optional[str] = None
         self._store: Optional[Store] = None
         self._parent: Optional[str] = None
@@ -141,7 +144,7 @@ class StageTracker(ClosingTracker):
 
     def _open(self) -> None:
         self._store = self._new_store()
-        self._parent = self._store.parent(self.stage, self.record)
+        self._parent = self._store.parent(self.stage, self.record, self.logged_by)
         self._store.set_status(self._parent, "RUNNING")
         self._children = self._store.children(self._parent)
 

@@ -62,6 +62,7 @@ def test_a_stage_logs_through_the_hub_without_importing_mlflow(tmp_path, monkeyp
     (parent,) = [r for r in runs if r.data.tags.get("cp.role") == "stage"]
     (child,) = [r for r in runs if r.data.tags.get("cp.role") == "run"]
     assert parent.info.status == "FINISHED" and "cp.outputs" in parent.data.tags
+    assert parent.data.tags["cp.logged_by"] == "hub"
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.info.status == "FINISHED" and child.data.params["hps.lr"] == "0.01"
 
@@ -89,3 +90,12 @@ def test_a_stage_that_cannot_reach_the_hub_tracks_by_itself(tmp_path, monkeypatc
     assert seen == {"mlflow imported": True} and "warning" not in err
     statuses = {r.data.tags.get("cp.role"): r.info.status for r in stage_runs(study)}
     assert statuses == {"stage": "FINISHED", "run": "FINISHED"}
+    (parent,) = [r for r in stage_runs(study) if r.data.tags.get("cp.role") == "stage"]
+    assert parent.data.tags["cp.logged_by"] == "stage"
+
+
+def test_the_pipeline_logs_every_stage_through_its_hub(tracked_smoke):
+    """The Snakefile starts the hub and its stages reach it (a stage that could not would
+    still log, by itself, so only this tag tells)."""
+    for stage in ("check", "sweep"):  # logged live, before the server went down
+        assert tracked_smoke.live_parents[stage].data.tags["cp.logged_by"] == "hub"
