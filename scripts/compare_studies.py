@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Whether two study folders hold the same study: the same run ids, the same numbers in every
 run's result, in the stage tables (sweep, search, target), in the selected optimum, the search's
-recommendation and the report's summary metrics. Timings (wall time, throughput) and the words
-of the verdicts are not compared; everything else must match exactly (CPU runs are
-deterministic on one machine).
+recommendation and the report's summary metrics. Timings (wall time, throughput), how a run
+was executed (its torch threads) and the words of the verdicts are not compared; everything
+else must match exactly (CPU runs are deterministic on one machine).
 
     python scripts/compare_studies.py results/smoke /tmp/before/results/smoke
 
@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 TIMING = {"wall_s", "tokens_per_s"}
+# A result's config_hash binds it to its config.json, which also records how the run was
+# executed (`runtime.threads`: a run trained alone after a resume gets all the cores, one of a
+# batch gets its share). Execution settings are not part of a run; the run id, compared
+# above, binds everything that is.
+BOOKKEEPING = {"config_hash"}
 # Keys renamed since older study folders were written: old -> new.
 RENAMED = {"multipliers": "factors"}
 
@@ -52,7 +57,7 @@ def compare(new: Path, old: Path) -> list[str]:
     for rid in sorted(new_runs & old_runs):
         a, b = load(new / "runs" / rid / "result.json"), load(old / "runs" / rid / "result.json")
         for k in sorted(set(a) | set(b)):
-            if k not in TIMING and not same(a.get(k), b.get(k)):
+            if k not in TIMING | BOOKKEEPING and not same(a.get(k), b.get(k)):
                 diffs.append(f"runs/{rid}/result.json: {k} differs")
     for table in ("sweep/runs.parquet", "search/runs.parquet", "target/runs.parquet",
                   "search/trials.parquet"):
