@@ -26,12 +26,12 @@ from tests.faults.helpers import (
 
 
 def fill(path):
-    """Write to ``path`` until the file system is full."""
-    with open(path, "wb") as f:
+    """Write to ``path`` until the file system is full. Unbuffered: a buffered file keeps the
+    bytes a failed flush could not write and raises ENOSPC again when it closes."""
+    with open(path, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
 
