@@ -1,21 +1,27 @@
 """Step time of cp's model against an independent GPT-2-recipe reference (reference_gpt.py,
 which imports nothing from cp), on the same batches in one process, in alternating rounds.
 
-Three models train, each with its own optimiser, step = forward + backward + AdamW step:
+Four models train, each with its own optimiser, step = forward + backward + AdamW step:
 
 - ``reference``: `reference_gpt.ReferenceGPT` -- learned positions, LayerNorm (no bias), GELU
   MLP of 4x width, fused qkv, SDPA, untied head, no biases; AdamW with one decay and one
   no-decay group (on CPU torch's default per-tensor loop, as cp's optimiser).
-- ``like_for_like``: cp's GPT in the configuration closest to the reference that cp's
-  architecture has: GELU MLP of 4x width (``mlp: gelu, mlp_ratio: 4``), no QK-norm, the same
-  width, depth, heads (head_dim 32), sequence length, batch and vocabulary, untied, no biases.
-  What remains different is what cp's model is made of: RMSNorm instead of LayerNorm, RoPE
-  instead of learned positions (so seq_len x width fewer parameters), separate q, k and v
-  projections (per-module learning rates), forward multipliers and per-(group, layer) AdamW
-  groups (Complete(d)P transferred from a 4x narrower, 2x shallower base, as a study's
-  target is trained). Its acceptance bar is <= 1.03x the reference's step time.
-- ``defaults``: cp's GPT with its default architecture (SwiGLU of 3x width, QK-norm, RoPE) at
-  the same shape and head_dim: what a study trains; the extra cost is the architecture's.
+- ``like_for_like``: cp's GPT with the reference's architecture (``norm: layernorm``,
+  ``positions: learned``, ``fused_qkv: true``, ``mlp: gelu``, ``mlp_ratio: 4``,
+  ``qk_norm: false``), the same width, depth, heads (head_dim 32), sequence length, batch and
+  vocabulary, untied, no biases: the same parameters, tensor for tensor. What differs is what
+  cp adds to a model: forward multipliers and per-(group, layer) AdamW groups (Complete(d)P
+  transferred from a 4x narrower, 2x shallower base, as a study's target is trained). Its
+  acceptance bar is <= 1.03x the reference's step time.
+- ``rms_rope``: ``like_for_like`` with cp's default RMSNorm and RoPE instead of LayerNorm and
+  the position table: what those two cost on this device.
+- ``defaults``: cp's GPT with its default architecture (separate q, k and v projections for
+  per-module learning rates, SwiGLU of 3x width, QK-norm, RMSNorm, RoPE) at the same shape
+  and head_dim: what a study trains; the extra cost is the architecture's.
+
+Each round times ``steps`` steps of every model in turn, the order rotated from round to round
+(so none is always first after another's caches); a model's ratio to the reference is the
+median of its per-round ratios, with a 90% bootstrap interval over rounds.
 
     python benchmarks/throughput.py [--width 128 --depth 4 --batch 32 --seq-len 64 --threads 2]
 
@@ -25,6 +31,8 @@ The default shape is the issue's (width 128, seq 64, 4 layers, batch 32, fp32).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import random
 import statistics
 import sys
 import time
@@ -46,9 +54,12 @@ from cp.scaling import Scale
 from cp.schedule import ScheduleConfig
 
 HEAD_DIM = 32
-LIKE_FOR_LIKE = ArchConfig(head_dim=HEAD_DIM, mlp="gelu", mlp_ratio=4.0, qk_norm=False)
+LIKE_FOR_LIKE = ArchConfig(head_dim=HEAD_DIM, mlp="gelu", mlp_ratio=4.0, qk_norm=False,
+                           norm="layernorm", fused_qkv=True, positions="learned")
+RMS_ROPE = dataclasses.replace(LIKE_FOR_LIKE, norm="rmsnorm", positions="rope")
 DEFAULTS = ArchConfig(head_dim=HEAD_DIM)
-MODELS = ("reference", "like_for_like", "defaults")
+MODELS = ("reference", "like_for_like", "rms_rope", "defaults")
+CONFIDENCE = 0.9
 
 
 def ours(arch: ArchConfig, width: int, depth: int, batch: int, seq_len: int, vocab: int,
@@ -82,12 +93,13 @@ def reference(width: int, depth: int, seq_len: int, vocab: int, dev: torch.devic
 
 
 def measure(width: int = 128, depth: int = 4, batch: int = 32, seq_len: int = 64,
-            steps: int = 20, rounds: int = 5, device: str | None = None,
+            steps: int = 20, rounds: int = 9, device: str | None = None,
             precision: str = "fp32", compile: bool = False, threads: int | None = None
             ) -> dict[str, Any]:
     """Median step time of each of `MODELS` over alternating rounds (each round times
-    ``steps`` steps of every model in turn), in ``precision`` (fp32, or bf16 autocast), all
-    compiled or all eager."""
+    ``steps`` steps of every model in turn), and each one's ratio to the reference
+    (`ratio_estimate`), in ``precision`` (fp32, or bf16 autocast), all compiled or all
+    eager."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -96,10 +108,12 @@ def measure(width: int = 128, depth: int = 4, batch: int = 32, seq_len: int = 64
     torch.manual_seed(0)
     built = {"reference": reference(width, depth, seq_len, vocab, dev),
              "like_for_like": ours(LIKE_FOR_LIKE, width, depth, batch, seq_len, vocab, dev),
+             "rms_rope": ours(RMS_ROPE, width, depth, batch, seq_len, vocab, dev),
              "defaults": ours(DEFAULTS, width, depth, batch, seq_len, vocab, dev)}
     params = {k: sum(p.numel() for p in m.parameters()) for k, (m, _, _) in built.items()}
-    # Like for like: the same matrices; the reference has learned positions on top.
-    assert params["reference"] == params["like_for_like"] + seq_len * width, params
+    # Like for like: the same parameters; RoPE has no position table.
+    assert params["reference"] == params["like_for_like"], params
+    assert params["like_for_like"] == params["rms_rope"] + seq_len * width, params
 
     def autocast() -> AbstractContextManager[Any]:
         if precision == "bf16":
@@ -134,18 +148,32 @@ def measure(width: int = 128, depth: int = 4, batch: int = 32, seq_len: int = 64
     for step in steppers.values():  # warm-up (allocator, lazy imports, compilation)
         time_round(step)
     times: dict[str, list[float]] = {name: [] for name in MODELS}
-    for _ in range(rounds):
-        for name, step in steppers.items():
-            times[name].append(time_round(step))
+    for r in range(rounds):
+        for name in MODELS[r % len(MODELS):] + MODELS[:r % len(MODELS)]:
+            times[name].append(time_round(steppers[name]))
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    ratios = {name: ratio_estimate(times[name], times["reference"]) for name in MODELS[1:]}
     return {"device": str(dev), "threads": torch.get_num_threads(), "width": width,
             "depth": depth, "heads": width // HEAD_DIM, "batch": batch, "seq_len": seq_len,
             "precision": precision, "compile": compile, "steps": steps, "rounds": rounds,
             "params": params,
             "param_groups": {k: len(opt.param_groups) for k, (_, _, opt) in built.items()},
             "step_s": med, "tokens_per_s": {k: batch * seq_len / v for k, v in med.items()},
-            "ratio_like_for_like": med["like_for_like"] / med["reference"],
-            "ratio_defaults": med["defaults"] / med["reference"]}
+            "ratio": ratios, "ratio_like_for_like": ratios["like_for_like"][0],
+            "ratio_defaults": ratios["defaults"][0]}
+
+
+def ratio_estimate(times: list[float], reference: list[float], resamples: int = 2000
+                   ) -> tuple[float, float, float]:
+    """(median, low, high): the median of the per-round ratios ``times / reference`` and its
+    `CONFIDENCE` percentile-bootstrap interval over rounds (a round's load hits both)."""
+    ratios = [t / r for t, r in zip(times, reference, strict=True)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                     for _ in range(resamples))
+    tail = (1 - CONFIDENCE) / 2
+    return (statistics.median(ratios), medians[int(tail * resamples)],
+            medians[int((1 - tail) * resamples) - 1])
 
 
 def main() -> None:
@@ -155,7 +183,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    ap.add_argument("--rounds", type=int, default=9, help="alternating rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -170,8 +198,8 @@ def main() -> None:
         print(f"{name:14s} {r['step_s'][name] * 1e3:8.2f} ms/step "
               f"{r['tokens_per_s'][name]:10.0f} tokens/s {r['params'][name] / 1e6:6.2f}M params "
               f"{r['param_groups'][name]:3d} param groups")
-    print(f"like_for_like / reference: {r['ratio_like_for_like']:.3f}   "
-          f"defaults / reference: {r['ratio_defaults']:.3f}")
+    for name, (mid, low, high) in r["ratio"].items():
+        print(f"{name} / reference: {mid:.3f} ({CONFIDENCE:.0%} interval {low:.3f}-{high:.3f})")
 
 
 if __name__ == "__main__":

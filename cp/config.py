@@ -55,11 +55,27 @@ class ArchConfig:
     mlp_ratio: float = 3.0
     """MLP hidden size as a multiple of the width."""
     qk_norm: bool = True
-    """Per-head RMSNorm on queries and keys (one head_dim-sized gain shared by all heads)."""
+    """Per-head norm (of the ``norm`` kind) on queries and keys (one head_dim-sized gain
+    shared by all heads)."""
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    """The blocks' norms, the final norm and the QK-norms: RMSNorm, or LayerNorm without a
+    bias (GPT-2's, less its biases). Both have one gain per feature, in the same groups of the
+    rule table."""
     norm_eps: float = 1e-6
-    """Epsilon inside RMSNorm."""
+    """Epsilon inside the norms."""
+    fused_qkv: bool = False
+    """One (3 width, width) projection for queries, keys and values (GPT-2's ``c_attn``)
+    instead of three: one matmul instead of three each way, but one parameter, which takes
+    ``attn_q``'s settings. The model then has no ``attn_k`` or ``attn_v`` group, so no
+    per-module factor or search can tell q, k and v apart (every table gives the three the
+    same rule)."""
+    positions: Literal["rope", "learned"] = "rope"
+    """How the model knows where a token is: RoPE on the queries and keys, or a learned
+    (seq_len, width) table added to the token embedding (GPT-2's). The table is an input
+    weight like the token embedding and takes the ``embedding`` group's settings, as the
+    ``gpt2`` preset's position embedding does."""
     rope_base: float = 10000.0
-    """RoPE base frequency."""
+    """RoPE base frequency (``positions: rope``)."""
     z_loss: float = 0.0
     """Coefficient of the z-loss (mean squared log-partition function); 0 turns it off.
     Applies to a factory's model too: the loss is computed from its logits."""
@@ -85,8 +101,11 @@ class ArchConfig:
     pattern or by two is an error."""
 
     def check(self, at: str, problems: Problems) -> None:
-        problems.range(f"{at}.head_dim", self.head_dim, self.head_dim > 0 and
-                       self.head_dim % 2 == 0, "a positive even integer (RoPE rotates pairs)")
+        if self.positions == "rope":
+            problems.range(f"{at}.head_dim", self.head_dim, self.head_dim > 0 and
+                           self.head_dim % 2 == 0, "a positive even integer (RoPE rotates pairs)")
+        else:
+            problems.positive(f"{at}.head_dim", self.head_dim)
         problems.positive(f"{at}.mlp_ratio", self.mlp_ratio)
         problems.at_least(f"{at}.z_loss", self.z_loss, 0)
         problems.positive(f"{at}.norm_eps", self.norm_eps)
@@ -116,11 +135,12 @@ class ArchConfig:
                      f"a preset ({', '.join(PRESETS)}) or a map of name patterns to groups")
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields hashed into run ids; ``factory`` and ``roles`` only when set (so runs of
-        our GPT keep the ids they had before these keys existed)."""
+        """The fields hashed into run ids; the keys added after run ids existed
+        (`_ADDED_ARCH_KEYS`) only when not at their defaults (so runs keep the ids they had
+        before these keys existed)."""
         out = _flat(self)
-        for k in ("factory", "roles"):
-            if out[k] is None:
+        for k, before in _ADDED_ARCH_KEYS.items():
+            if out[k] == before:
                 del out[k]
         return out
 
@@ -130,6 +150,11 @@ class ArchConfig:
         if self.factory is None and self.head_dim > 0 and width % self.head_dim:
             problems(key, f"{width} is not a multiple of arch.head_dim ({self.head_dim})",
                      f"a positive multiple of {self.head_dim}")
+
+
+#: Arch keys added after run ids existed, with the value every earlier run had.
+_ADDED_ARCH_KEYS: dict[str, Any] = {"factory": None, "roles": None, "norm": "rmsnorm",
+                                    "fused_qkv": False, "positions": "rope"}
 
 
 @dataclass
@@ -190,6 +215,8 @@ def model_groups(arch: ArchConfig) -> list[str]:
         skip.add("mlp_gate")
     if not arch.qk_norm:
         skip |= {"qk_norm_q", "qk_norm_k"}
+    if arch.fused_qkv:
+        skip |= {"attn_k", "attn_v"}
     return [g for g in GROUPS if g not in skip]
 
 
@@ -199,7 +226,12 @@ def count_params(cfg: ModelConfig) -> int:
     n_mlp_in = 2 if cfg.arch.mlp == "swiglu" else 1
     block = 4 * d * d + (n_mlp_in + 1) * d * h + 2 * d
     block += 2 * cfg.arch.head_dim if cfg.arch.qk_norm else 0
-    return 2 * v * d + cfg.depth * block + d
+    return 2 * v * d + cfg.depth * block + d + position_params(cfg)
+
+
+def position_params(cfg: ModelConfig) -> int:
+    """The learned position table's size (none with RoPE)."""
+    return cfg.seq_len * cfg.width if cfg.arch.positions == "learned" else 0
 
 
 #: Parameters above which `cpt spec check` and `cpt plan` warn, by the kind of device a run uses
@@ -218,7 +250,8 @@ def device_kind(device: str) -> str:
 
 def flops_per_token(cfg: ModelConfig) -> float:
     """Training FLOPs per token: 6 per matmul parameter plus attention (as nanoGPT counts)."""
-    n = count_params(cfg) - cfg.vocab_size * cfg.width  # the embedding lookup is not a matmul
+    # Embedding lookups (tokens and learned positions) are not matmuls.
+    n = count_params(cfg) - cfg.vocab_size * cfg.width - position_params(cfg)
     return 6 * n + 12 * cfg.depth * cfg.width * cfg.seq_len
 
 

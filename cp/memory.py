@@ -31,17 +31,22 @@ tensor against `torch.autograd.graph.saved_tensors_hooks` on CPU (tests/test_mem
 - each RMSNorm (with a gain): its normalised input in fp32 and one fp32 inverse RMS per
   normalised row (`cp.kernels`' single-node RMSNorm on CPU; torch's fused kernel on a GPU
   keeps the input, no larger, and the same inverse RMS): 4 n d + 4 n for a block norm,
-  4 n d + 4 n a for each QK-norm;
+  4 n d + 4 n a for each QK-norm. A LayerNorm (``arch.norm: layernorm``; autocast runs it
+  in fp32) keeps its input, a mean and an inverse deviation per row, in the compute dtype:
+  n d e + 2 n e for a block norm, n d e + 2 n a e for each QK-norm (CUDA's kernel keeps the
+  two statistics in fp32: 4 bytes a row more under bf16 parameters, a 2/d share of the input);
 - attention: the normed input (saved once by the q, k and v projections), the rotated q and k,
   v and the attention output (saved by the flash/efficient SDPA kernels, which keep no T x T
   matrix, with their fp32 log-sum-exp, 4 n a); the out projection saves the output's
   head-merged view, no copy (the kernel lays its output out as (B, T, heads, head_dim)):
-  5 n d e + 4 n a (plus the two QK-norms);
+  5 n d e + 4 n a (plus the two QK-norms). With ``arch.fused_qkv`` v is a view of the one
+  projection's output and keeps all of it: when QK-norm or RoPE replace q and k by new
+  tensors, the output's q and k parts stay too, 2 n d e more;
 - MLP: the normed input, and for SwiGLU the gate and up outputs, silu(gate) and the product
   (4 n h e), for GELU the up output and its GELU (2 n h e);
 - so one block saves 2(4 n d + 4 n) + 6 n d e + 4 n a + 4 n h e (SwiGLU) [+ 2(4 n d + 4 n a)
-  with QK-norm]; residual adds, RoPE (which keeps only its cos/sin tables) and the forward
-  multipliers (scalars) save nothing;
+  with QK-norm]; residual adds, RoPE (which keeps only its cos/sin tables), a learned position
+  table's sum and the forward multipliers (scalars) save nothing;
 - the head: the final norm (4 n d + 4 n), its output (n d e), the fp32 log-softmax of the
   logits (4 n V; plus the fp32 logits and their log-sum-exp, 4 n V + 4 n, with a z-loss), the
   token ids (8 n) and a scalar;
@@ -80,9 +85,13 @@ and the caching allocator's fragmentation need the rest. A judgement, not a meas
 Precision = Literal["fp32", "bf16"]
 
 
-def norm_bytes(rows: int, size: int) -> int:
-    """What one RMSNorm with a gain saves for ``rows`` rows of ``size``: its normalised input
-    in fp32 and one fp32 inverse RMS per row (`cp.kernels.rms_norm`)."""
+def norm_bytes(rows: int, size: int, norm: str, elem: int) -> int:
+    """What one norm with a gain saves for ``rows`` rows of ``size`` with ``elem``-byte
+    compute: RMSNorm (`cp.kernels.rms_norm`) its normalised input and one inverse RMS per row,
+    in fp32; LayerNorm its input and a mean and an inverse deviation per row, in the compute
+    dtype."""
+    if norm == "layernorm":
+        return elem * rows * size + 2 * elem * rows
     return FP32 * rows * size + FP32 * rows
 
 
@@ -90,10 +99,12 @@ def block_activation_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
     """Bytes one block saves for backward at ``tokens`` tokens with ``elem``-byte compute
     (the module docstring derives each term)."""
     n, d, a, h = tokens, cfg.width, cfg.n_heads, cfg.mlp_hidden
-    norms = 2 * norm_bytes(n, d)
+    norms = 2 * norm_bytes(n, d, cfg.arch.norm, elem)
     if cfg.arch.qk_norm:
-        norms += 2 * norm_bytes(n * a, cfg.arch.head_dim)
+        norms += 2 * norm_bytes(n * a, cfg.arch.head_dim, cfg.arch.norm, elem)
     attention = 5 * n * d * elem + FP32 * n * a
+    if cfg.arch.fused_qkv and (cfg.arch.qk_norm or cfg.arch.positions == "rope"):
+        attention += 2 * n * d * elem  # v, a view, keeps the fused output's q and k parts
     mlp_tensors = 4 if cfg.arch.mlp == "swiglu" else 2
     mlp = n * d * elem + mlp_tensors * n * h * elem
     return norms + attention + mlp
@@ -104,7 +115,7 @@ def head_activation_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
     n, d, v = tokens, cfg.width, cfg.vocab_size
     logits = FP32 * n * v + (FP32 * n * v + FP32 * n if cfg.arch.z_loss else 0)
     token_ids = 8 * n  # int64
-    return norm_bytes(n, d) + n * d * elem + logits + token_ids + FP32
+    return norm_bytes(n, d, cfg.arch.norm, elem) + n * d * elem + logits + token_ids + FP32
 
 
 def activation_bytes(cfg: ModelConfig, tokens: int, elem: int, checkpointing: bool) -> int:

@@ -1,8 +1,10 @@
 """A modern GPT whose every parameter knows its (group, layer) in the rule table.
 
 Pre-norm RMSNorm blocks, per-head QK-norm, RoPE, untied embeddings, SwiGLU or GELU MLP, optional
-z-loss. Width grows with a fixed head dimension. RMSNorm, RoPE and the linear layers with a
-multiplier are single autograd nodes (`cp.kernels`). The parameterisation enters only through
+z-loss; or, through `cp.config.ArchConfig`, GPT-2's LayerNorm (without biases), learned
+positions and GELU MLP. Width grows with a fixed head dimension. RMSNorm, RoPE and the linear
+layers with a multiplier are single autograd nodes (`cp.kernels`); LayerNorm is torch's own
+kernel. The parameterisation enters only through
 the resolved `GroupSettings`: each module draws its init from ``init_std`` and multiplies its
 output by ``multiplier`` (a linear layer by scaling its weight: the same product up to
 rounding, and cheaper, as tokens outnumber the layer's inputs). The residual-branch scaling
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ArchConfig, ModelConfig
 from .kernels import apply_rope, rms_norm, rope_full_tables, rope_tables, scaled_linear
 from .roles import CP_BLOCK_PARAMS, CP_TOP_PARAMS
 from .scaling import GroupSettings
@@ -43,20 +45,24 @@ class Linear(nn.Module):
         return scaled_linear(x, self.weight, self.multiplier)
 
 
-class RMSNorm(nn.Module):
-    """RMSNorm with a gain (initialised to 1) times a forward multiplier."""
+class Norm(nn.Module):
+    """RMSNorm, or LayerNorm without a bias, with a gain (initialised to 1) times a forward
+    multiplier."""
 
-    def __init__(self, dim: int, s: GroupSettings, eps: float):
+    def __init__(self, dim: int, s: GroupSettings, arch: ArchConfig):
         super().__init__()
         self.gain = nn.Parameter(torch.ones(dim))
         self.multiplier = float(s.multiplier)
-        self.eps = eps
+        self.eps = arch.norm_eps
+        self.layer_norm = arch.norm == "layernorm"
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gain if self.multiplier == 1.0 else self.gain * self.multiplier
+        if self.layer_norm:  # autocast runs it in fp32
+            return F.layer_norm(x, (x.shape[-1],), g, None, self.eps)
         # Under bf16 autocast the activations are bf16: a gain of the same dtype keeps the
         # fused kernel (it accumulates in fp32 regardless).
         return rms_norm(x, g.to(x.dtype), self.eps)
@@ -67,22 +73,31 @@ class Attention(nn.Module):
         super().__init__()
         d, hd = cfg.width, cfg.arch.head_dim
         self.n_heads, self.head_dim = cfg.n_heads, hd
-        self.q = Linear(d, d, s["attn_q", layer])
-        self.k = Linear(d, d, s["attn_k", layer])
-        self.v = Linear(d, d, s["attn_v", layer])
+        self.fused_qkv = cfg.arch.fused_qkv
+        if self.fused_qkv:
+            self.qkv = Linear(d, 3 * d, s["attn_q", layer])
+        else:
+            self.q = Linear(d, d, s["attn_q", layer])
+            self.k = Linear(d, d, s["attn_k", layer])
+            self.v = Linear(d, d, s["attn_v", layer])
         self.out = Linear(d, d, s["attn_out", layer])
         self.qk_norm = cfg.arch.qk_norm
         if self.qk_norm:
-            self.q_norm = RMSNorm(hd, s["qk_norm_q", layer], cfg.arch.norm_eps)
-            self.k_norm = RMSNorm(hd, s["qk_norm_k", layer], cfg.arch.norm_eps)
+            self.q_norm = Norm(hd, s["qk_norm_q", layer], cfg.arch)
+            self.k_norm = Norm(hd, s["qk_norm_k", layer], cfg.arch)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> torch.Tensor:
         B, T, _ = x.shape
         shape = (B, T, self.n_heads, self.head_dim)
-        q, k, v = self.q(x).view(shape), self.k(x).view(shape), self.v(x).view(shape)
+        if self.fused_qkv:
+            q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
+        else:
+            q, k, v = self.q(x).view(shape), self.k(x).view(shape), self.v(x).view(shape)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
@@ -107,13 +122,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, s: Mapping):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.width, s["attn_norm", layer], cfg.arch.norm_eps)
+        self.attn_norm = Norm(cfg.width, s["attn_norm", layer], cfg.arch)
         self.attn = Attention(cfg, layer, s)
-        self.mlp_norm = RMSNorm(cfg.width, s["mlp_norm", layer], cfg.arch.norm_eps)
+        self.mlp_norm = Norm(cfg.width, s["mlp_norm", layer], cfg.arch)
         self.mlp = MLP(cfg, layer, s)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), cos, sin)
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> torch.Tensor:
+        h = h + self.attn(self.attn_norm(h), rope)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -144,7 +160,7 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0
 class GPT(nn.Module):
     """Decoder-only transformer built from resolved per-(group, layer) settings."""
 
-    rope_cos: torch.Tensor  # buffers, registered in __init__
+    rope_cos: torch.Tensor  # buffers, registered in __init__ (positions: rope)
     rope_sin: torch.Tensor
 
     def __init__(self, cfg: ModelConfig, settings: Iterable[GroupSettings]):
@@ -161,18 +177,24 @@ class GPT(nn.Module):
         emb = s["embedding", None]
         self.embedding = nn.Parameter(torch.empty(cfg.vocab_size, cfg.width))
         self.embedding_std, self.embedding_multiplier = emb.init_std, float(emb.multiplier)
+        self.rope = cfg.arch.positions == "rope"
+        if self.rope:
+            cos, sin = rope_full_tables(*rope_tables(cfg.seq_len, cfg.arch.head_dim,
+                                                     cfg.arch.rope_base), cfg.n_heads)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        else:  # an input weight like the token embedding: the embedding group's settings
+            self.pos_embedding = nn.Parameter(torch.empty(cfg.seq_len, cfg.width))
         self.blocks = nn.ModuleList(Block(cfg, i, s) for i in range(cfg.depth))
-        self.final_norm = RMSNorm(cfg.width, s["final_norm", None], cfg.arch.norm_eps)
+        self.final_norm = Norm(cfg.width, s["final_norm", None], cfg.arch)
         self.unembedding = Linear(cfg.width, cfg.vocab_size, s["unembedding", None])
-        cos, sin = rope_full_tables(*rope_tables(cfg.seq_len, cfg.arch.head_dim,
-                                                 cfg.arch.rope_base), cfg.n_heads)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         assert self.embedding_std is not None  # the embedding is not a gain
         nn.init.normal_(self.embedding, std=self.embedding_std)
+        if not self.rope:
+            nn.init.normal_(self.pos_embedding, std=self.embedding_std)
         for m in self.modules():
             reset = getattr(m, "reset_parameters", None)
             if m is not self and reset is not None:
@@ -199,11 +221,15 @@ class GPT(nn.Module):
         """Logits, or (loss to optimise, cross-entropy) when targets are given."""
         T = idx.shape[1]
         h = F.embedding(idx, self.embedding)
+        rope = None
+        if self.rope:
+            rope = self.rope_cos[:T], self.rope_sin[:T]
+        else:  # in place: the lookup's backward needs idx only, the sum's none
+            h = h.add_(self.pos_embedding[:T])
         if self.embedding_multiplier != 1.0:
-            h = h.mul_(self.embedding_multiplier)  # in place: the lookup's backward needs idx only
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+            h = h.mul_(self.embedding_multiplier)  # in place: the same
         for block in self.blocks:
-            h = block(h, cos, sin)
+            h = block(h, rope)
         logits = self.unembedding(self.final_norm(h))
         if targets is None:
             return logits

@@ -45,12 +45,13 @@ INITS: tuple[str, ...] = ("normal", "ones", "zeros")
 #: them, so the two cannot drift apart.
 CP_BLOCK_PARAMS = {
     "attn_norm.gain": "attn_norm", "attn.q.weight": "attn_q", "attn.k.weight": "attn_k",
-    "attn.v.weight": "attn_v", "attn.q_norm.gain": "qk_norm_q", "attn.k_norm.gain": "qk_norm_k",
+    "attn.v.weight": "attn_v", "attn.qkv.weight": "attn_q",  # arch.fused_qkv
+    "attn.q_norm.gain": "qk_norm_q", "attn.k_norm.gain": "qk_norm_k",
     "attn.out.weight": "attn_out", "mlp_norm.gain": "mlp_norm", "mlp.up.weight": "mlp_up",
     "mlp.gate.weight": "mlp_gate", "mlp.down.weight": "mlp_down",
 }
-CP_TOP_PARAMS = {"embedding": "embedding", "final_norm.gain": "final_norm",
-                 "unembedding.weight": "unembedding"}
+CP_TOP_PARAMS = {"embedding": "embedding", "pos_embedding": "embedding",
+                 "final_norm.gain": "final_norm", "unembedding.weight": "unembedding"}
 
 #: Prefixes that wrappers put in front of parameter names (torch.compile, DDP, FSDP1,
 #: activation checkpointing); they are taken off before matching, so a role map written for a

@@ -48,6 +48,18 @@ def test_completed_p_slopes_are_flat_on_every_judged_coordinate(results):
             assert abs(f["slope"] - f["expected"]) < 0.2, f
 
 
+def test_completed_p_keeps_gpt2s_architecture_flat_too(demo_proxy):
+    """LayerNorm and a learned position table (in the embedding group) need no rule of
+    their own: the same table passes the check on them."""
+    import dataclasses
+
+    gpt2 = dataclasses.replace(demo_proxy.arch, mlp="gelu", mlp_ratio=4.0, qk_norm=False,
+                               norm="layernorm", fused_qkv=True, positions="learned")
+    result = check_run(dataclasses.replace(demo_proxy, arch=gpt2), CoordConfig())
+    assert result.passed, result.failures()
+    assert {"embedding", "attn_norm", "mlp_up", "residual"} <= {r["group"] for r in result.rows}
+
+
 def test_outputs_are_a_table_and_a_png(results, tmp_path):
     paths = {"measurements": tmp_path / "m.csv", "fits": tmp_path / "f.csv",
              "plot": tmp_path / "p.png"}

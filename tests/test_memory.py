@@ -66,7 +66,10 @@ def saved_bytes(cfg: ModelConfig, batch: int, dtype=torch.float32, autocast=Fals
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("arch", [{}, {"qk_norm": False}, {"mlp": "gelu"}, {"z_loss": 1e-4}])
+@pytest.mark.parametrize("arch", [{}, {"qk_norm": False}, {"mlp": "gelu"}, {"z_loss": 1e-4},
+                                  {"norm": "layernorm"}, {"positions": "learned"},
+                                  {"fused_qkv": True},
+                                  {"fused_qkv": True, "positions": "learned"}])
 @pytest.mark.parametrize("dtype,elem", [(torch.float32, 4), (torch.bfloat16, 2)])
 def test_the_activation_formula_counts_what_autograd_saves(arch, dtype, elem):
     batch = 3

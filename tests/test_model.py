@@ -17,8 +17,13 @@ def build(cfg, arch=None, **scale):
     return run, GPT(run.model_config(256), run.settings())
 
 
+GPT2_ARCH = ArchConfig(head_dim=16, mlp="gelu", mlp_ratio=4.0, qk_norm=False, norm="layernorm",
+                       fused_qkv=True, positions="learned")
+
+
 @pytest.mark.parametrize("arch", [ArchConfig(head_dim=16), ArchConfig(head_dim=16, mlp="gelu",
-                                                                      qk_norm=False)])
+                                                                      qk_norm=False),
+                                  GPT2_ARCH, ArchConfig(head_dim=16, norm="layernorm")])
 def test_every_parameter_reports_a_group_of_the_architecture_and_a_layer(tiny, arch):
     _, model = build(tiny(), arch=arch, depth=3)
     tags = list(model.tagged_parameters())
@@ -87,3 +92,62 @@ def test_width_must_be_a_multiple_of_head_dim(tiny):
     run = tiny(scale=Scale(width=40, depth=1, batch=2, tokens=1000, seq_len=8))
     with pytest.raises(ValueError, match="multiple of head_dim"):
         GPT(run.model_config(256), run.settings())
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+def test_the_norm_is_the_one_the_architecture_names(tiny, norm):
+    _, model = build(tiny(), arch=ArchConfig(head_dim=16, norm=norm))
+    x = 3.0 + 2.0 * torch.randn(4, 7, model.cfg.width)  # rows with a mean: the two differ
+    with torch.no_grad():
+        model.blocks[0].attn_norm.gain.fill_(1.0)
+        y = model.blocks[0].attn_norm(x)
+        q = model.blocks[0].attn.q_norm(x[..., :16])
+    for out in (y, q):
+        if norm == "layernorm":  # rows of mean 0 and variance 1
+            assert torch.allclose(out.mean(-1), torch.zeros(()), atol=1e-5)
+            assert torch.allclose(out.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
+        else:  # rows of mean square 1, their mean kept
+            assert torch.allclose(out.square().mean(-1), torch.ones(()), atol=1e-3)
+            assert out.mean() > 0.5
+
+
+def test_learned_positions_take_the_embedding_groups_settings_and_replace_rope(tiny):
+    from cp.optim import build_optimizer
+    from cp.schedule import ScheduleConfig
+
+    run, model = build(tiny(), arch=GPT2_ARCH, width=64)
+    assert not hasattr(model, "rope_cos")
+    table = model.pos_embedding
+    assert table.shape == (model.cfg.seq_len, model.cfg.width)
+    settings = {(s.group, s.layer): s for s in run.settings()}
+    assert table.std().item() == pytest.approx(settings["embedding", None].init_std, rel=0.1)
+    opt, _ = build_optimizer(model.tagged_parameters(), run.settings(), ScheduleConfig(), 10)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    ours, embedding = group_of[id(table)], group_of[id(model.embedding)]
+    assert {k: ours[k] for k in ("lr", "eps", "weight_decay", "betas")} == \
+        {k: embedding[k] for k in ("lr", "eps", "weight_decay", "betas")}
+    # Without RoPE the table is what tells positions apart: the same token at every position
+    # gives the same logits once it is zeroed, and different ones before.
+    idx = torch.full((1, 8), 5)
+    with torch.no_grad():
+        logits = model(idx)[0]
+        assert not torch.allclose(logits[1], logits[7], atol=1e-4)
+        table.zero_()
+        logits = model(idx)[0]
+    assert torch.allclose(logits[1], logits[7], atol=1e-5)
+
+
+def test_a_fused_qkv_projection_computes_what_three_separate_ones_do(tiny):
+    run, separate = build(tiny())
+    fused_run = dataclasses.replace(run, arch=dataclasses.replace(run.arch, fused_qkv=True))
+    fused = GPT(fused_run.model_config(256), fused_run.settings())
+    state = separate.state_dict()
+    for i in range(len(separate.blocks)):
+        prefix = f"blocks.{i}.attn."
+        state[prefix + "qkv.weight"] = torch.cat([state.pop(prefix + f"{p}.weight")
+                                                  for p in "qkv"])
+    fused.load_state_dict(state)
+    idx = torch.randint(0, 256, (2, 16))
+    assert torch.allclose(fused(idx), separate(idx), atol=1e-5)
+    assert {g for g, *_ in fused.tagged_parameters()} == \
+        {g for g, *_ in separate.tagged_parameters()} - {"attn_k", "attn_v"}

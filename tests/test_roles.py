@@ -60,14 +60,14 @@ def test_wrapper_prefixes_are_ignored_but_a_module_named_module_is_kept():
     assert (role.group, role.layer, role.init) == ("mlp_down", 3, "normal")
 
 
-@pytest.mark.parametrize("gelu_no_qk", [False, True])
-def test_the_cp_preset_agrees_with_our_gpts_own_tags(tiny, gelu_no_qk):
+@pytest.mark.parametrize("arch", [{}, {"mlp": "gelu", "qk_norm": False},
+                                  {"mlp": "gelu", "qk_norm": False, "norm": "layernorm",
+                                   "fused_qkv": True, "positions": "learned"}])
+def test_the_cp_preset_agrees_with_our_gpts_own_tags(tiny, arch):
     import dataclasses
 
     run = tiny()
-    if gelu_no_qk:
-        run = dataclasses.replace(run, arch=dataclasses.replace(run.arch, mlp="gelu",
-                                                                qk_norm=False))
+    run = dataclasses.replace(run, arch=dataclasses.replace(run.arch, **arch))
     model = GPT(run.model_config(256), run.settings())
     names = [n for n, _ in model.named_parameters()]
     assigned = RoleMap.of("cp").assign(names)
