@@ -1,28 +1,30 @@
-"""RMSNorm, RoPE and the multiplied linear layer as single autograd nodes, so that a CPU
-training step does not spend its time on the many small kernels and activation-sized
-temporaries autograd makes of them.
+"""RMSNorm and RoPE as single autograd nodes, so that a CPU training step does not spend its
+time on the many small kernels and activation-sized temporaries autograd makes of them, and
+the linear layer with a forward multiplier.
 
 On CPU, ``F.rms_norm`` with gradients decomposes into pow, mean, add, rsqrt and two muls, and
 autograd's backward of those into about a dozen more (with scalar ops that run off the
 vectorised path): 4-5x ``F.layer_norm``, which has a native kernel each way. RoPE written with
 chunk and cat works on half-rows (head_dim / 2 contiguous floats) in 7 kernels forward and
-more backward. A forward multiplier applied to a layer's output costs a pass over the output
-forward and another backward. Here each is one `torch.autograd.Function`, which writes into a
-buffer it already has where it can (on CPU a fresh activation-sized buffer costs about as much
-as the op that fills it):
+more backward. Here each is one `torch.autograd.Function`, which writes into a buffer it
+already has where it can (on CPU a fresh activation-sized buffer costs about as much as the op
+that fills it):
 
 - RMSNorm: the same forward ops as ``F.rms_norm`` (so the same numbers); the closed-form
   backward ``rstd * (g*gy - x_hat * mean(g*gy * x_hat))`` in fp32 (float64 for float64
   inputs), the row means as a matrix-vector product, rounded once at the end;
 - RoPE: ``x * [cos, cos] + swap(x) * [-sin, sin]`` with swap(x) = (x_2, x_1), on full-width
   tables (T, heads, head_dim), the swapped products multiply-added in place half-row by
-  half-row (no swapped copy); the backward is the inverse rotation and saves no activation;
-- linear with a multiplier m: ``x (m W)^T``, scaling the weight (fan_in x fan_out numbers,
-  each way) instead of the output (tokens x fan_out), and saving what ``F.linear`` saves (the
-  input and the parameter itself, no scaled copy).
+  half-row (no swapped copy); the backward is the inverse rotation and saves no activation.
 
-The fused multiply-adds (``addcmul_``) and the weight-side multiplier round differently from
-the plain formulas, by a rounding or two per element; tests/test_kernels.py pins each against
+A linear layer with a multiplier m scales its product in place, ``F.linear(x, W).mul_(m)``:
+autograd's own nodes, no extra buffer forward, and the same saved tensors as ``F.linear``. (A
+single node that scaled the weight instead measured 2-3% slower a step than this on CPU, like
+for like: its Python backward costs more than the pass it saves; scaling the weight with
+autograd's ops would save a scaled copy of every such weight for backward.)
+
+The fused multiply-adds (``addcmul_``) round differently from the plain formulas, by a
+rounding or two per element; tests/test_kernels.py pins each against
 the plain formula computed in float64, forward and backward, fp32 and bf16. When torch.compile
 traces the model (the GPU path) the plain formulas run as plain torch ops (it fuses them
 itself), and so does RMSNorm on CUDA, where torch has a fused kernel each way.
@@ -163,38 +165,13 @@ def apply_rope(x: torch.Tensor, full_cos: torch.Tensor, full_sin: torch.Tensor) 
 # A linear layer with a forward multiplier: y = m x W^T.
 
 
-class _ScaledLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, multiplier: float
-                ) -> torch.Tensor:
-        # What F.linear saves (x and the parameter itself), so the same saved tensors.
-        ctx.save_for_backward(x, weight)
-        ctx.multiplier = multiplier
-        return F.linear(x, weight * multiplier)
-
-    @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        m = ctx.multiplier
-        gx = gy.matmul(weight * m) if ctx.needs_input_grad[0] else None
-        gw = None
-        if ctx.needs_input_grad[1]:
-            gw = gy.reshape(-1, gy.shape[-1]).t().mm(x.reshape(-1, x.shape[-1])).mul_(m)
-        return gx, gw, None
-
-
 def scaled_linear(x: torch.Tensor, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
-    """``multiplier * F.linear(x, weight)``, computed as ``F.linear(x, multiplier * weight)``
-    (equal up to rounding): the multiplier costs a pass over the weight each way instead of
-    one over the output forward and another backward, and tokens >> fan_in in training."""
+    """``multiplier * F.linear(x, weight)``, the product scaled in place (the matmul does not
+    keep its output): no buffer forward, one pass over the output's gradient backward, and
+    autograd saves what ``F.linear`` saves (no scaled copy of the weight)."""
+    y = F.linear(x, weight)
     if multiplier == 1.0:
-        return F.linear(x, weight)
+        return y
     if torch.compiler.is_compiling():
-        return F.linear(x, weight) * multiplier
-    if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-            and not torch.is_autocast_enabled(x.device.type)):
-        # Autograd would save the scaled weight, a copy of the parameter; the single node
-        # saves the parameter itself.
-        return _ScaledLinear.apply(x, weight, multiplier)
-    # Under autocast, F.linear saves a low-precision copy of whichever weight it is given.
-    return F.linear(x, weight * multiplier)
+        return y * multiplier
+    return y.mul_(multiplier)

@@ -2,14 +2,13 @@
 
 Pre-norm RMSNorm blocks, per-head QK-norm, RoPE, untied embeddings, SwiGLU or GELU MLP, optional
 z-loss; or, through `cp.config.ArchConfig`, GPT-2's LayerNorm (without biases), learned
-positions and GELU MLP. Width grows with a fixed head dimension. RMSNorm, RoPE and the linear
-layers with a multiplier are single autograd nodes (`cp.kernels`); LayerNorm is torch's own
-kernel. The parameterisation enters only through
-the resolved `GroupSettings`: each module draws its init from ``init_std`` and multiplies its
-output by ``multiplier`` (a linear layer by scaling its weight: the same product up to
-rounding, and cheaper, as tokens outnumber the layer's inputs). The residual-branch scaling
-m_L^-alpha is the multiplier of the branch's output projection (``attn_out``, ``mlp_down``),
-so no depth factor is hidden in this file.
+positions, fused q/k/v projection and GELU MLP. Width grows with a fixed head dimension.
+RMSNorm, RoPE and the linear layers with a multiplier are written for a fast CPU step
+(`cp.kernels`); LayerNorm is torch's own kernel. The parameterisation enters only through the
+resolved `GroupSettings`: each module draws its init from ``init_std`` and multiplies its
+output by ``multiplier`` (a linear layer in place, `cp.kernels.scaled_linear`). The
+residual-branch scaling m_L^-alpha is the multiplier of the branch's output projection
+(``attn_out``, ``mlp_down``), so no depth factor is hidden in this file.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ from .scaling import GroupSettings
 
 
 class Linear(nn.Module):
-    """y = multiplier * x W^T, W ~ N(0, init_std^2); in eager mode computed as
-    x (multiplier * W)^T (`cp.kernels.scaled_linear`)."""
+    """y = multiplier * x W^T, W ~ N(0, init_std^2) (`cp.kernels.scaled_linear`)."""
 
     def __init__(self, fan_in: int, fan_out: int, s: GroupSettings):
         super().__init__()
